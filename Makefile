@@ -1,0 +1,54 @@
+# cvlocal developer set-up. `make demo` and `make test` are the two commands a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CONSTRAINTS := constraints/dev.txt
+LLAMA_VERSION := 0.3.36
+WHEELS := .build/wheels
+# llama.cpp built for a generic x86-64 with AVX-512 but without AMX: a native build on AMX machines
+# segfaults on every quantized GGUF (ggml_backend_amx_mul_mat). See README "Building llama-cpp-python".
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON
+PYTEST_ARGS ?=
+
+.PHONY: all setup demo demo-models test bench clean llama-wheel
+
+all: setup
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	touch $@
+
+# pip's wheel cache ignores CMAKE_ARGS, so the wheel is built without the cache into a git-ignored folder.
+$(WHEELS)/.built: $(VENV)/.created
+	mkdir -p $(WHEELS)
+	rm -f $(WHEELS)/llama_cpp_python-*.whl
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	touch $@
+
+llama-wheel: $(WHEELS)/.built
+
+$(VENV)/.installed: $(VENV)/.created $(WHEELS)/.built pyproject.toml $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[server,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/cvlocal demo
+
+demo-models: setup
+	$(PY) assets/demo/train.py --out assets/demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .build .pytest_cache

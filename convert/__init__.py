@@ -1,0 +1,37 @@
+"""convert: Hugging Face checkpoints to GGUF, tensor by tensor.
+
+A library with a small, flat API (no CLI, no rich, no import of cvlocal):
+
+- ``convert.checkpoint``: read HF folders (config, safetensors shards and index, ``.bin`` through
+  ``torch.load(weights_only=True)``) one tensor at a time.
+- ``convert.errors``: ``ConvertError``, the one exception bad input raises.
+- ``convert.atomic``: write to a temporary name, rename when complete.
+- ``convert.convert_model``: ``convert_checkpoint``, ``write_gguf`` / ``write_ggufs`` (from a folder
+  or a merge's tensor stream), ``quantize_gguf``, ``gguf_file_name``, ``output_paths``.
+- ``convert.quant_tables``: ``OUTTYPES``, the output types by name.
+"""
+from convert.errors import ConvertError
+
+__all__ = ["ConvertError"]
+
+# The converter's entry points import torch and numpy; they are loaded on first use so that
+# ``import convert.errors`` (every CLI start) stays cheap.
+_LAZY = {
+    "convert_checkpoint": "convert.convert_model",
+    "write_gguf": "convert.convert_model",
+    "write_ggufs": "convert.convert_model",
+    "quantize_gguf": "convert.convert_model",
+    "gguf_file_name": "convert.convert_model",
+    "output_paths": "convert.convert_model",
+    "OUTTYPES": "convert.quant_tables",
+    "QuantizeError": "convert.llama_quantize",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'convert' has no attribute {name!r}")

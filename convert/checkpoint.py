@@ -1,0 +1,261 @@
+"""Read a Hugging Face checkpoint folder one tensor at a time.
+
+``open_checkpoint(path)`` validates the folder up front (config.json, the weight index, every
+safetensors header, every file's length) so that bad input fails before any work, then serves
+tensors by name. Safetensors are read with one ``readinto`` per tensor; ``pytorch_model*.bin``
+files go through ``torch.load(weights_only=True, mmap=True)``, which refuses arbitrary pickles
+and maps the file instead of loading it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import torch
+
+from convert.errors import ConvertError
+from convert.safetensors_format import TensorInfo, read_header, read_rows, read_tensor, row_count
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def load_json(path: Path) -> Any:
+    """Read a JSON file or raise a one-line ConvertError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError("file not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConvertError(f"not valid JSON ({err.__class__.__name__})", path, "Repair or re-download it.") from None
+
+
+def _inside(folder: Path, name: str, index_path: Path) -> Path:
+    """Resolve a file named by an index, refusing anything outside the checkpoint folder."""
+    candidate = (folder / name).resolve()
+    if Path(name).is_absolute() or folder.resolve() not in candidate.parents:
+        raise ConvertError(f"index names a file outside the folder: {name!r}", index_path, "Fix the weight_map so that it names files in the folder.")
+    if not candidate.is_file():
+        raise ConvertError(f"index names a missing file: {name!r}", index_path, "Copy the missing shard into the folder or re-download it.")
+    return candidate
+
+
+@dataclass
+class Checkpoint:
+    """An opened HF folder: config, tensor directory, and a reader for one tensor at a time."""
+
+    path: Path
+    config: dict[str, Any]
+    infos: dict[str, TensorInfo] = field(default_factory=dict)
+    bin_files: dict[str, Path] = field(default_factory=dict)
+    index_file: Path | None = None
+    _handles: dict[Path, BinaryIO] = field(default_factory=dict, repr=False)
+    _bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+
+    # -- what it holds -------------------------------------------------------------------
+    @property
+    def architecture(self) -> str | None:
+        archs = self.config.get("architectures") or []
+        return archs[0] if archs else None
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        """The language-model part of the config (the config itself for plain LMs)."""
+        return self.config.get("text_config") or self.config
+
+    def names(self) -> list[str]:
+        """Tensor names in storage order (file by file, offset by offset)."""
+        return list(self.infos) if self.infos else list(self.bin_files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos or name in self.bin_files
+
+    def dtype(self, name: str) -> torch.dtype:
+        if name in self.infos:
+            return self.infos[name].dtype
+        return self._bin_tensor(name).dtype
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.infos:
+            return self.infos[name].shape
+        return tuple(self._bin_tensor(name).shape)
+
+    def nbytes(self, name: str) -> int:
+        if name in self.infos:
+            return self.infos[name].nbytes
+        t = self._bin_tensor(name)
+        return t.numel() * t.element_size()
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(n) for n in self.names())
+
+    def tokenizer_files(self) -> list[Path]:
+        return [self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()]
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor, as a fresh CPU tensor owned by the caller."""
+        if name in self.infos:
+            info = self.infos[name]
+            handle = self._handles.get(info.file)
+            if handle is None:
+                handle = self._handles[info.file] = open(info.file, "rb")
+            return read_tensor(info, handle)
+        if name in self.bin_files:
+            return self._bin_tensor(name).clone()
+        raise KeyError(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor's leading dimension, reading only those bytes."""
+        if name in self.infos:
+            info = self.infos[name]
+            handle = self._handles.get(info.file)
+            if handle is None:
+                handle = self._handles[info.file] = open(info.file, "rb")
+            return read_rows(info, start, stop, handle)
+        if name in self.bin_files:
+            t = self._bin_tensor(name)
+            return (t[start:stop] if t.dim() else t).clone()
+        raise KeyError(name)
+
+    def rows(self, name: str) -> int:
+        """Rows along the leading dimension (a scalar counts as one)."""
+        return row_count(self.shape(name))
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor in storage order, one at a time."""
+        for name in self.names():
+            yield name, self.read(name)
+
+    def _bin_tensor(self, name: str) -> torch.Tensor:
+        path = self.bin_files[name]
+        if self._bin_cache is None or self._bin_cache[0] != path:
+            self._bin_cache = (path, load_bin(path))
+        return self._bin_cache[1][name]
+
+    def fingerprint(self) -> str:
+        """A short hash of config.json and the tensor directory (names, dtypes, shapes).
+
+        Cheap (no weight bytes are read) and stable across copies of the same checkpoint; it is
+        what provenance records say an input was.
+        """
+        h = hashlib.sha256()
+        h.update((self.path / "config.json").read_bytes())
+        for name in sorted(self.names()):
+            h.update(f"{name}:{self.dtype(name)}:{list(self.shape(name))};".encode())
+        return h.hexdigest()[:16]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        self._bin_cache = None
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A ``pytorch_model*.bin`` state dict, memory-mapped, through the weights-only unpickler."""
+    fix = "Convert it to safetensors with a tool you trust, or re-download it."
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "refused"
+        raise ConvertError(f"the weights-only loader refused this pickle ({first[:120]})", path, fix) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ConvertError(f"corrupted or truncated PyTorch file ({err.__class__.__name__})", path, fix) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConvertError("not a state dict of tensors", path, fix)
+    return state
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ConvertError("folder not found", folder, "Check the path.")
+    if not folder.is_dir():
+        raise ConvertError("not a folder", folder, "Pass the checkpoint folder (the one with config.json).")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ConvertError("no config.json", folder, "Pass a Hugging Face model folder that has config.json.")
+    config = load_json(config_path)
+    if not isinstance(config, dict):
+        raise ConvertError("config.json is not a JSON object", config_path)
+    ckpt = Checkpoint(path=folder, config=config)
+
+    if (folder / SAFETENSORS_INDEX).is_file():
+        index_path = folder / SAFETENSORS_INDEX
+        weight_map = _weight_map(index_path)
+        ckpt.index_file = index_path
+        for file_name in dict.fromkeys(weight_map.values()):
+            infos, _ = read_header(_inside(folder, file_name, index_path))
+            ckpt.infos.update(infos)
+        missing = sorted(set(weight_map) - set(ckpt.infos))
+        if missing:
+            raise ConvertError(f"index lists {len(missing)} tensors absent from the shards (first: {missing[0]!r})", index_path, "Re-download the shards.")
+        return ckpt
+    single = sorted(folder.glob("*.safetensors"))
+    if single:
+        if len(single) > 1:
+            raise ConvertError(f"{len(single)} safetensors files but no {SAFETENSORS_INDEX}", folder, "Add the index file that came with the shards.")
+        ckpt.infos.update(read_header(single[0])[0])
+        return ckpt
+    if (folder / BIN_INDEX).is_file():
+        index_path = folder / BIN_INDEX
+        ckpt.index_file = index_path
+        for name, file_name in _weight_map(index_path).items():
+            ckpt.bin_files[name] = _inside(folder, file_name, index_path)
+        _check_bin_names(ckpt)
+        return ckpt
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if len(bins) == 1:
+        for name in load_bin(bins[0]):
+            ckpt.bin_files[name] = bins[0]
+        return ckpt
+    raise ConvertError("no weights (model.safetensors, an index, or pytorch_model.bin)", folder, "Pass a folder with the model's weight files.")
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    index = load_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConvertError("no weight_map in the index", index_path, "Re-download the index file.")
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def _check_bin_names(ckpt: Checkpoint) -> None:
+    """Open each .bin once so a refused pickle or a missing tensor fails before any work."""
+    by_file: dict[Path, list[str]] = {}
+    for name, file in ckpt.bin_files.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        state = load_bin(file)
+        absent = [n for n in names if n not in state]
+        if absent:
+            raise ConvertError(f"index lists tensors absent from this file (first: {absent[0]!r})", file, "Re-download the shards.")

@@ -1,0 +1,63 @@
+"""``cvlocal merge CP -o OUT``: add chat vectors to a continually-pretrained model."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cvlocal.ui import say
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="add chat vectors to a CP model (HF folder, or GGUF in one pass)",
+        description=(
+            "out = cp + sum(r_i * (chat_i - base_i)), in float32 on the chosen device, rounded once. "
+            "Give --vector DIR[:RATIO] (repeatable) or --base BASE --chat CHAT [--ratio R]. "
+            "An output path ending in .gguf writes GGUF in one pass (see --outtype)."
+        ),
+    )
+    p.add_argument("cp", type=Path, help="the continually-pretrained model folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="merged HF folder, or a .gguf file")
+    p.add_argument("--vector", action="append", default=[], metavar="DIR[:RATIO]", help="a chat-vector folder and its ratio (default 1.0); repeatable")
+    p.add_argument("--base", type=Path, help="base model (one-shot merge, no vector on disk)")
+    p.add_argument("--chat", type=Path, help="chat model (one-shot merge)")
+    p.add_argument("--ratio", type=float, default=1.0, help="ratio of the one-shot vector (any real number; default 1.0)")
+    p.add_argument("--embeddings", default="auto", choices=["auto", "add", "overlap", "skip"], help="embedding and lm_head rows: add (same vocab), overlap (shared leading ids, checked with both tokenizers), skip; auto picks add or overlap")
+    p.add_argument("--special-tokens", default="auto", metavar="auto|none|CP_ID=CHAT_ID,...", help="give the template's special tokens the chat model's rows (default auto)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="output dtype (default: the CP model's)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps: where the arithmetic runs (default auto)")
+    p.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
+    p.add_argument("--outtype", help="GGUF type for a .gguf output (f32, f16, bf16, q8_0, q4_k_m, ...; default f16)")
+    p.add_argument("--threads", type=int, help="threads for quantization to k-quants")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cvlocal.vector.merge import merge_models, parse_vector_arg
+
+    summary = merge_models(
+        args.cp,
+        args.output,
+        base=args.base,
+        chat=args.chat,
+        ratio=args.ratio,
+        vectors=[parse_vector_arg(v) for v in args.vector],
+        embeddings=args.embeddings,
+        special_tokens=args.special_tokens,
+        dtype=args.dtype,
+        device=args.device,
+        shard_size=args.shard_size,
+        outtype=args.outtype,
+        threads=args.threads,
+        force=args.force,
+        quiet=args.quiet or args.json,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        say(f"wrote {summary['output']}: {summary['tensors']} tensors, {summary['bytes'] / 1e9:.2f} GB, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
+    return 0

@@ -1,0 +1,174 @@
+"""``cvlocal extract``: write ``chat - base`` as a chat-vector folder, chunk by chunk.
+
+The vector is computed in float32 and rounded once to the inputs' dtype (``--dtype float32``
+keeps it exact). Besides the tensors, the folder keeps what a later merge needs from the chat
+model and would otherwise have to load it for: tokenizer, template, stop tokens, generation
+defaults, and the embedding / lm_head rows of its special tokens.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvlocal import __version__
+from convert.atomic import atomic_output, check_output_path
+from convert.checkpoint import TOKENIZER_FILES, Checkpoint, open_checkpoint
+from convert.safetensors_format import StreamingWriter
+from cvlocal.vector import tokens as tk
+from cvlocal.vector.compat import check_pair
+from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
+from cvlocal.vector.hf_output import ShardedWriter, parse_size
+from cvlocal.vector.pipeline import Chunk, plan_chunks, run_pipeline
+from cvlocal.vector.progress_sink import tensor_progress
+from cvlocal.vector.roles import config_signature, is_embedding, is_lm_head
+from cvlocal.vector.sources import DeltaSource
+from cvlocal.vector.side_files import write_config
+from cvlocal.vector.vector_folder import FORMAT, FORMAT_VERSION, SPECIAL_ROWS, TOKENIZER_DIR, write_manifest
+
+
+def _copy_chat_side(chat: Checkpoint, folder: Path) -> None:
+    """chat_tokenizer/: the chat model's tokenizer, generation config and config (for AutoTokenizer)."""
+    folder.mkdir()
+    for name in (*TOKENIZER_FILES, "generation_config.json", "config.json"):
+        if (chat.path / name).is_file():
+            shutil.copyfile(chat.path / name, folder / name)
+
+
+def _write_special_rows(chat: Checkpoint, chat_tok: Any, template: str | None, path: Path) -> list[dict[str, Any]]:
+    """Store the chat model's rows for every special token, so --special-tokens works from the vector."""
+    ids = sorted(set(tk.special_ids(chat_tok)) | set(tk.eos_ids(chat.path, chat_tok)) | set(tk.template_special_ids(chat_tok, template)))
+    vocab = tk.vocabulary(chat_tok)
+    plan: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for kind, test in (("embed", is_embedding), ("lm_head", is_lm_head)):
+        name = next((n for n in chat.names() if test(n)), None)
+        if name is None:
+            continue
+        rows = chat.rows(name)
+        usable = [i for i in ids if i < rows]
+        if not usable:
+            continue
+        tensors[kind] = torch.stack([chat.read_rows(name, i, i + 1)[0] for i in usable])
+        plan[kind] = (tensors[kind].dtype, tuple(tensors[kind].shape))
+        ids = usable
+    if not tensors:
+        return []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = StreamingWriter(path, plan, {"format": "pt"})
+    for kind in plan:
+        writer.write(kind, tensors[kind])
+    writer.close()
+    return [{"id": i, "text": vocab[i] if i < len(vocab) else None} for i in ids]
+
+
+def extract_vector(
+    base: Path,
+    chat: Path,
+    out: Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str = "auto",
+    shard_size: str | int = "5GB",
+    force: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Write the chat vector of (base, chat) to ``out``; return a summary."""
+    started = time.perf_counter()
+    out = check_output_path(out, force)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
+    compute_device = resolve_device(device)
+    max_shard = shard_size if isinstance(shard_size, int) else parse_size(shard_size)
+    source = DeltaSource.from_pair(Path(base), Path(chat), 1.0)
+    base_ck, chat_ck = source.base, source.chat
+    assert base_ck is not None and chat_ck is not None
+    try:
+        check_pair(base_ck, chat_ck)
+        chat_tok = source.chat_tokenizer()
+        template = source.chat_template()
+        names = chat_ck.names()
+        dtypes = {n: torch_dtype or chat_ck.dtype(n) for n in names}
+        tensors = [(n, dtypes[n], chat_ck.shape(n)) for n in names]
+        chunks = plan_chunks((n, s) for n, _, s in tensors)
+
+        def compute(chunk: Chunk, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            return DeltaSource.to_delta(parts, compute_device).to(dtypes[chunk.name]).cpu()
+
+        def read(chunk: Chunk) -> tuple[torch.Tensor, ...]:
+            return source.read(chunk.name, chunk.start, chunk.stop)
+
+        with atomic_output(out, directory=True, force=force) as tmp:
+            writer = ShardedWriter(tmp, tensors, max_shard)
+            with tensor_progress("extract", writer.total, len(tensors), quiet) as advance:
+                def write(chunk: Chunk, rows: torch.Tensor) -> None:
+                    writer.write_rows(chunk.name, rows)
+                    advance(rows.numel() * rows.element_size(), chunk.last)
+                try:
+                    run_pipeline(chunks, read, compute, write)
+                except BaseException:
+                    writer.abort()
+                    raise
+            files = writer.close()
+            main_dtype = torch_dtype or max({d for _, d, _ in tensors}, key=lambda d: sum(chat_ck.nbytes(n) for n, dd, _ in tensors if dd == d))
+            write_config(tmp, chat_ck.config, main_dtype, [])
+            _copy_chat_side(chat_ck, tmp / TOKENIZER_DIR)
+            special = _write_special_rows(chat_ck, chat_tok, template, tmp / SPECIAL_ROWS)
+            gen_path = chat_ck.path / "generation_config.json"
+            eos = tk.eos_ids(chat_ck.path, chat_tok)
+            vocab = tk.vocabulary(chat_tok)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "created_by": f"cvlocal {__version__}",
+                "formula": "chat - base, computed in float32, rounded once",
+                "base": {"path": str(base_ck.path), "fingerprint": base_ck.fingerprint()},
+                "chat": {"path": str(chat_ck.path), "fingerprint": chat_ck.fingerprint()},
+                "architecture": chat_ck.architecture,
+                "signature": config_signature(chat_ck.config),
+                "dtype": dtype_name(main_dtype),
+                "tensors": {n: list(s) for n, _, s in tensors},
+                "files": files,
+                "chat_template": template,
+                "bos_token": getattr(chat_tok, "bos_token", None),
+                "eos_token": getattr(chat_tok, "eos_token", None),
+                "stop_tokens": [{"id": i, "text": vocab[i] if i < len(vocab) else None} for i in eos],
+                "generation_config": json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else None,
+                "special_rows": {"file": SPECIAL_ROWS, "tokens": special},
+            }
+            write_manifest(tmp, manifest)
+            (tmp / "README.md").write_text(_readme(manifest), encoding="utf-8")
+    finally:
+        source.close()
+    return {
+        "output": str(out),
+        "files": files,
+        "tensors": len(tensors),
+        "bytes": writer.total,
+        "dtype": dtype_name(main_dtype),
+        "device": str(compute_device),
+        "special_rows": len(special),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _readme(manifest: dict[str, Any]) -> str:
+    return "\n".join([
+        "# Chat vector",
+        "",
+        f"`{manifest['chat']['path']}` minus `{manifest['base']['path']}` ({manifest['architecture']}, {manifest['dtype']}),",
+        f"extracted by {manifest['created_by']}. Fingerprints: base `{manifest['base']['fingerprint']}`, chat `{manifest['chat']['fingerprint']}`.",
+        "",
+        "Add it to a model continually pretrained from the same base:",
+        "",
+        "```",
+        "cvlocal merge CP_MODEL --vector THIS_FOLDER:1.0 -o merged/",
+        "```",
+        "",
+        "`chat_vector.json` records the provenance, the chat template and stop tokens; `extras/` holds the",
+        "chat model's embedding and lm_head rows of its special tokens.",
+        "",
+    ])

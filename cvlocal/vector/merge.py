@@ -1,0 +1,368 @@
+"""``cvlocal merge``: ``out = cp + sum(r_i * (chat_i - base_i))``, streamed chunk by chunk.
+
+The arithmetic runs in float32 on the chosen device and is rounded once to the output dtype (the
+CP's, or ``--dtype``). The output is a HF folder (sharded safetensors, config, tokenizer, card) or,
+for a path ending in ``.gguf``, a GGUF file written in one pass through ``convert.write_gguf``
+with no HF folder in between.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from convert.atomic import atomic_output, check_output_path
+from convert.checkpoint import Checkpoint, open_checkpoint
+from cvlocal.errors import UsageError
+from cvlocal.ui import say
+from cvlocal.vector import tokens as tk
+from cvlocal.vector.card import build_recipe, write_card
+from cvlocal.vector.compat import check_compatible
+from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
+from cvlocal.vector.hf_output import ShardedWriter, parse_size, tensor_bytes
+from cvlocal.vector.pipeline import Chunk, plan_chunks, run_pipeline
+from cvlocal.vector.progress_sink import tensor_progress
+from cvlocal.vector.roles import is_embedding, is_lm_head, is_vocab_tensor
+from cvlocal.vector.side_files import chat_eos_text, write_config, write_generation_config, write_tokenizer
+from cvlocal.vector.sources import DeltaSource
+
+EMBEDDING_MODES = ("auto", "add", "overlap", "skip")
+
+
+@dataclass
+class MergePlan:
+    """Every decision a merge makes, taken before the first tensor is read."""
+
+    cp: Checkpoint
+    sources: list[DeltaSource]
+    dtypes: dict[str, torch.dtype]
+    embeddings: dict[str, str] = field(default_factory=dict)      # vocab tensor -> add|overlap|skip
+    delta_rows: dict[str, int] = field(default_factory=dict)      # vocab tensor -> rows the delta covers
+    special: list[tk.TokenPair] = field(default_factory=list)
+    overrides: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # tensor -> {cp row: chat row}
+    notes: list[str] = field(default_factory=list)
+    cp_vocab: dict[str, int] = field(default_factory=dict)
+    chat_vocab: list[str | None] = field(default_factory=list)
+
+    def output_plan(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        return [(n, self.dtypes[n], self.cp.shape(n)) for n in self.cp.names()]
+
+
+def parse_vector_arg(text: str) -> tuple[Path, float]:
+    """``DIR[:RATIO]`` -> (path, ratio); the ratio may be any real number, negative included."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def _sources(vectors: list[tuple[Path, float]], base: Path | None, chat: Path | None, ratio: float) -> list[DeltaSource]:
+    if vectors and (base or chat):
+        raise UsageError("give either --vector or --base/--chat, not both", fix="Use --vector DIR[:RATIO] ... or --base BASE --chat CHAT --ratio R.")
+    if vectors:
+        return [DeltaSource.from_vector(path, r) for path, r in vectors]
+    if base is None or chat is None:
+        raise UsageError("nothing to add", fix="Use --vector DIR[:RATIO] ... or both --base BASE and --chat CHAT.")
+    return [DeltaSource.from_pair(base, chat, ratio)]
+
+
+def _decide_embeddings(plan: MergePlan, mode: str, cp_tok: Any) -> None:
+    """Per vocab tensor: add (same rows), overlap (shared leading rows, checked) or skip."""
+    if mode not in EMBEDDING_MODES:
+        raise UsageError(f"unknown --embeddings {mode!r}", fix="Use auto, add, overlap or skip.")
+    for name in (n for n in plan.cp.names() if is_vocab_tensor(n)):
+        cp_rows = plan.cp.rows(name)
+        src_rows = [s.shape(name)[0] for s in plan.sources]
+        same = all(r == cp_rows for r in src_rows)
+        chosen = ("add" if same else "overlap") if mode == "auto" else mode
+        if chosen == "add" and not same:
+            raise UsageError(f"{name} has {cp_rows} rows in the CP model but {src_rows} in the vector", plan.cp.path, "Use --embeddings overlap (shared leading ids) or skip.")
+        if chosen == "overlap":
+            cp_vocab = tk.vocabulary(cp_tok)
+            for source in plan.sources:
+                chat_vocab = tk.vocabulary(source.chat_tokenizer())
+                bad = tk.first_vocab_mismatch(cp_vocab, chat_vocab)
+                if bad is not None:
+                    raise UsageError(
+                        f"--embeddings overlap: id {bad} is {cp_vocab[bad]!r} in the CP tokenizer but {chat_vocab[bad]!r} in the chat tokenizer",
+                        plan.cp.path,
+                        "The vocabularies are not an extension of one another; use --embeddings skip.",
+                    )
+        plan.embeddings[name] = chosen
+        plan.delta_rows[name] = min([cp_rows, *src_rows]) if chosen != "skip" else 0
+        if mode == "auto":
+            plan.notes.append(f"{name}: {chosen} ({cp_rows} CP rows, {min(src_rows)} vector rows)")
+
+
+def _decide_special_tokens(plan: MergePlan, spec: str) -> None:
+    """Which CP rows take the chat model's rows (the template's special tokens)."""
+    spec = (spec or "auto").strip()
+    if spec == "none":
+        return
+    source = plan.sources[0]
+    chat_tok = source.chat_tokenizer()
+    if spec == "auto":
+        ids = tk.template_special_ids(chat_tok, source.chat_template())
+        ids += [i for i in tk.eos_ids(source.chat_dir, chat_tok) if i not in ids]
+        pairs = tk.map_by_text(plan.cp_vocab, [(i, plan.chat_vocab[i]) for i in ids if i < len(plan.chat_vocab) and plan.chat_vocab[i]])
+    else:
+        pairs = []
+        for cp_id, chat_id in tk.parse_manual_map(spec):
+            if chat_id >= len(plan.chat_vocab) or cp_id >= plan.cp.rows(next(n for n in plan.cp.names() if is_embedding(n))):
+                raise UsageError(f"--special-tokens {cp_id}={chat_id}: id out of range", fix="Use ids that exist in the CP and chat vocabularies.")
+            pairs.append(tk.TokenPair(cp_id, chat_id, plan.chat_vocab[chat_id] or ""))
+    for name in (n for n in plan.cp.names() if is_vocab_tensor(n)):
+        kind = "embed" if is_embedding(name) else "lm_head"
+        rows = {}
+        for pair in pairs:
+            row = source.special_row(kind, pair.chat_id)
+            if row is None:
+                if spec != "auto":
+                    raise UsageError(f"no chat row stored for id {pair.chat_id} in {kind}", source.label, "Pick a special token of the chat model, or re-extract the vector.")
+                continue
+            if pair.cp_id < plan.cp.rows(name):
+                rows[pair.cp_id] = row
+        if rows:
+            plan.overrides[name] = rows
+    plan.special = pairs
+
+
+def plan_merge(cp_path: Path, sources: list[DeltaSource], *, embeddings: str, special_tokens: str, dtype: torch.dtype | None) -> MergePlan:
+    """Open and check everything, then take every decision; no output is touched."""
+    cp = open_checkpoint(cp_path)
+    check_compatible(cp, sources)
+    plan = MergePlan(cp=cp, sources=sources, dtypes={n: dtype or cp.dtype(n) for n in cp.names()})
+    cp_tok = tk.load_tokenizer(cp.path)
+    plan.cp_vocab = {k: int(v) for k, v in cp_tok.get_vocab().items()}
+    plan.chat_vocab = tk.vocabulary(sources[0].chat_tokenizer())
+    _decide_embeddings(plan, embeddings, cp_tok)
+    _decide_special_tokens(plan, special_tokens)
+    return plan
+
+
+class MergeComputer:
+    """The read and compute steps of the pipeline for one plan."""
+
+    def __init__(self, plan: MergePlan, device: torch.device) -> None:
+        self.plan = plan
+        self.device = device
+
+    def read(self, chunk: Chunk) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...] | None]]:
+        cp_rows = self.plan.cp.read_rows(chunk.name, chunk.start, chunk.stop)
+        stop = min(chunk.stop, self.plan.delta_rows.get(chunk.name, chunk.stop))
+        parts = [s.read(chunk.name, chunk.start, stop) if stop > chunk.start else None for s in self.plan.sources]
+        return cp_rows, parts
+
+    def compute(self, chunk: Chunk, data: tuple[torch.Tensor, list[tuple[torch.Tensor, ...] | None]]) -> torch.Tensor:
+        cp_rows, parts = data
+        acc = cp_rows.to(device=self.device, dtype=torch.float32)
+        for source, part in zip(self.plan.sources, parts):
+            if part is None:
+                continue
+            delta = source.to_delta(part, self.device)
+            if source.ratio != 1.0:
+                delta.mul_(source.ratio)
+            acc[: delta.shape[0]].add_(delta)
+        for row, value in self.plan.overrides.get(chunk.name, {}).items():
+            if chunk.start <= row < chunk.stop:
+                acc[row - chunk.start] = value.to(device=self.device, dtype=torch.float32)
+        return acc.to(self.plan.dtypes[chunk.name]).cpu()
+
+
+def _write_side_files(plan: MergePlan, folder: Path) -> None:
+    """config.json, tokenizer (CP vocab, chat template and eos), generation_config.json."""
+    source = plan.sources[0]
+    chat_gen = source.generation_config()
+    cp_gen = _json_or_none(plan.cp.path / "generation_config.json")
+    gen = write_generation_config(folder, chat_gen, cp_gen, plan.chat_vocab, plan.cp_vocab)
+    eos = gen.get("eos_token_id")
+    eos_list = [eos] if isinstance(eos, int) else list(eos or [])
+    write_config(folder, plan.cp.config, _dominant_dtype(plan) or torch.float32, eos_list if chat_gen else [])
+    plan.notes += write_tokenizer(folder, plan.cp.path, source.chat_template(), chat_eos_text(source.chat_dir), plan.cp_vocab)
+
+
+def _dominant_dtype(plan: MergePlan) -> torch.dtype | None:
+    """The dtype most of the output bytes have (what config.json should say)."""
+    sizes: dict[torch.dtype, int] = {}
+    for name, dtype in plan.dtypes.items():
+        sizes[dtype] = sizes.get(dtype, 0) + plan.cp.nbytes(name)
+    return max(sizes, key=sizes.__getitem__) if sizes else None
+
+
+def _json_or_none(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _recipe(plan: MergePlan) -> dict[str, Any]:
+    return build_recipe(
+        {"path": str(plan.cp.path), "fingerprint": plan.cp.fingerprint()},
+        [s.provenance() for s in plan.sources],
+        embeddings=plan.embeddings,
+        special_tokens=[p.as_dict() for p in plan.special],
+        dtype=dtype_name(_dominant_dtype(plan) or torch.float32),
+        notes=plan.notes,
+    )
+
+
+def _stream_to_hf(plan: MergePlan, computer: MergeComputer, out: Path, shard_size: int, force: bool, quiet: bool) -> list[str]:
+    tensors = plan.output_plan()
+    chunks = plan_chunks((n, s) for n, _, s in tensors)
+    with atomic_output(out, directory=True, force=force) as tmp:
+        writer = ShardedWriter(tmp, tensors, shard_size)
+        with tensor_progress("merge", writer.total, len(tensors), quiet) as advance:
+            def write(chunk: Chunk, rows: torch.Tensor) -> None:
+                writer.write_rows(chunk.name, rows)
+                advance(rows.numel() * rows.element_size(), chunk.last)
+            try:
+                run_pipeline(chunks, computer.read, computer.compute, write)
+            except BaseException:
+                writer.abort()
+                raise
+        files = writer.close()
+        _write_side_files(plan, tmp)
+        write_card(tmp, _recipe(plan), out.name)
+    return files
+
+
+def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """Whole merged tensors, in order, from a pipeline running in a background thread.
+
+    The GGUF writer permutes and quantizes whole tensors, so chunks are put back together here;
+    the queue holds at most one finished tensor, which bounds memory to about two tensors.
+    """
+    tensors = plan.output_plan()
+    chunks = plan_chunks((n, s) for n, _, s in tensors)
+    done: queue.Queue[Any] = queue.Queue(maxsize=1)
+    cancel = threading.Event()
+    end = object()
+    error: list[BaseException] = []
+    total = sum(tensor_bytes(d, s) for _, d, s in tensors)
+
+    def produce() -> None:
+        current: dict[str, torch.Tensor] = {}
+        try:
+            with tensor_progress("merge -> gguf", total, len(tensors), quiet) as advance:
+                def write(chunk: Chunk, rows: torch.Tensor) -> None:
+                    if cancel.is_set():
+                        raise KeyboardInterrupt
+                    if chunk.start == 0 and chunk.last:
+                        whole = rows
+                    else:
+                        whole = current.setdefault(chunk.name, torch.empty((chunk.rows, *rows.shape[1:]), dtype=rows.dtype))
+                        whole[chunk.start : chunk.stop] = rows
+                    advance(rows.numel() * rows.element_size(), chunk.last)
+                    if chunk.last:
+                        current.pop(chunk.name, None)
+                        while not cancel.is_set():
+                            try:
+                                done.put((chunk.name, whole), timeout=0.1)
+                                return
+                            except queue.Full:
+                                continue
+                        raise KeyboardInterrupt
+                run_pipeline(chunks, computer.read, computer.compute, write)
+        except BaseException as err:
+            error.append(err)
+        finally:
+            while not cancel.is_set():
+                try:
+                    done.put(end, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    thread = threading.Thread(target=produce, name="cvlocal-merge", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = done.get()
+            if item is end:
+                break
+            yield item
+        if error:
+            raise error[0]
+    finally:
+        cancel.set()
+        thread.join(timeout=10)
+
+
+def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype: str, force: bool, quiet: bool, threads: int | None) -> list[str]:
+    from convert import write_gguf  # the converter library; imported here to keep `merge` to HF light
+
+    with tempfile.TemporaryDirectory(prefix=".cvlocal-merge-", dir=out.parent) as side:
+        side_dir = Path(side)
+        _write_side_files(plan, side_dir)
+        recipe = _recipe(plan)
+        metadata = {"cvlocal.recipe": json.dumps(recipe, ensure_ascii=False), "cvlocal.version": recipe["tool"]}
+        plan_shapes = {n: (d, s) for n, d, s in plan.output_plan()}
+        write_gguf(side_dir, out, outtype, plan=plan_shapes, tensors=_assembled(plan, computer, quiet), threads=threads, force=force, metadata=metadata)
+    return [out.name]
+
+
+def merge_models(
+    cp: Path,
+    out: Path,
+    *,
+    base: Path | None = None,
+    chat: Path | None = None,
+    ratio: float = 1.0,
+    vectors: list[tuple[Path, float]] | tuple = (),
+    embeddings: str = "auto",
+    special_tokens: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    device: str = "auto",
+    shard_size: str | int = "5GB",
+    outtype: str | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Merge chat vectors into a CP model; return a summary (what ``--json`` prints)."""
+    started = time.perf_counter()
+    out = Path(out)
+    to_gguf = out.suffix.lower() == ".gguf"
+    check_output_path(out, force)
+    if outtype and not to_gguf:
+        raise UsageError("--outtype needs an output path ending in .gguf", out, "Name the output *.gguf for a one-pass merge to GGUF.")
+    max_shard = shard_size if isinstance(shard_size, int) else parse_size(shard_size)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
+    compute_device = resolve_device(device)
+    sources = _sources([(Path(p), float(r)) for p, r in vectors], Path(base) if base else None, Path(chat) if chat else None, float(ratio))
+    try:
+        plan = plan_merge(Path(cp), sources, embeddings=embeddings, special_tokens=special_tokens, dtype=torch_dtype)
+        if plan.special:
+            say("special tokens from the chat model: " + ", ".join(f"{p.text}: {p.cp_id}<-{p.chat_id}" for p in plan.special), quiet)
+        for name, mode in plan.embeddings.items():
+            say(f"{name}: {mode}", quiet)
+        computer = MergeComputer(plan, compute_device)
+        if to_gguf:
+            files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads)
+        else:
+            files = _stream_to_hf(plan, computer, out, max_shard, force, quiet)
+    finally:
+        for source in sources:
+            source.close()
+    return {
+        "output": str(out),
+        "format": "gguf" if to_gguf else "hf",
+        "outtype": (outtype or "f16") if to_gguf else None,
+        "files": files,
+        "tensors": len(plan.cp.names()),
+        "bytes": sum(tensor_bytes(d, s) for _, d, s in plan.output_plan()),
+        "seconds": round(time.perf_counter() - started, 3),
+        "device": str(compute_device),
+        "ratios": [s.ratio for s in sources],
+        "embeddings": plan.embeddings,
+        "special_tokens": [p.as_dict() for p in plan.special],
+        "notes": plan.notes,
+    }

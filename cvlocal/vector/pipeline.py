@@ -1,0 +1,145 @@
+"""The streaming loop: read the next chunk on the host while this one is computed, write behind.
+
+Work is cut into chunks of whole rows (``plan_chunks``), small enough that a few of them in
+flight cost a few hundred MB whatever the model size; the largest tensor (an 8B model's
+embedding is 1 GB in bf16) is never held whole. Three stages run at once: a reader thread
+(file reads release the GIL), the compute step in the calling thread (on the chosen device),
+and a writer thread. Queues of depth two bound the memory; an error or Ctrl-C in any stage stops
+all of them and is re-raised in the caller.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+# Elements per chunk: 8M float32 elements are 32 MB per temporary.
+CHUNK_ELEMENTS = 8 * 1024 * 1024
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ``start:stop`` of tensor ``name`` (``rows`` in all); ``last`` closes the tensor."""
+
+    name: str
+    start: int
+    stop: int
+    rows: int
+
+    @property
+    def last(self) -> bool:
+        return self.stop == self.rows
+
+
+def plan_chunks(shapes: Iterable[tuple[str, tuple[int, ...]]], chunk_elements: int = CHUNK_ELEMENTS) -> list[Chunk]:
+    """Cut each tensor into runs of whole rows of at most ``chunk_elements`` (at least one row)."""
+    chunks = []
+    for name, shape in shapes:
+        rows = shape[0] if shape else 1
+        per_row = math.prod(shape[1:]) if len(shape) > 1 else 1
+        step = max(1, chunk_elements // max(per_row, 1))
+        if rows == 0:
+            chunks.append(Chunk(name, 0, 0, 0))
+        for start in range(0, rows, step):
+            chunks.append(Chunk(name, start, min(rows, start + step), rows))
+    return chunks
+
+
+class _Stage(threading.Thread):
+    """A daemon thread that records the first exception so the caller can re-raise it."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._work = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as err:  # re-raised in the caller
+            self.error = err
+
+
+def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event, consumer: _Stage | None = None) -> bool:
+    """Put unless stopped; a consumer that died makes this raise its error instead of waiting forever."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if consumer is not None and not consumer.is_alive():
+                if consumer.error is not None:
+                    raise consumer.error
+                return False
+    return False
+
+
+def _get(q: "queue.Queue[Any]", stop: threading.Event, stage: _Stage | None) -> Any:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _DONE
+            if stage is not None and not stage.is_alive():
+                if stage.error is not None:
+                    raise stage.error
+                return _DONE
+
+
+def run_pipeline(
+    chunks: list[Chunk],
+    read: Callable[[Chunk], Any],
+    compute: Callable[[Chunk, Any], torch.Tensor],
+    write: Callable[[Chunk, torch.Tensor], None],
+    depth: int = 2,
+) -> None:
+    """Run read -> compute -> write over ``chunks`` with the three stages overlapping."""
+    stop = threading.Event()
+    inbox: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    outbox: queue.Queue[Any] = queue.Queue(maxsize=depth)
+
+    def reader() -> None:
+        for chunk in chunks:
+            if stop.is_set() or not _put(inbox, (chunk, read(chunk)), stop):
+                return
+        _put(inbox, _DONE, stop)
+
+    def writer() -> None:
+        while True:
+            item = _get(outbox, stop, None)
+            if item is _DONE:
+                return
+            write(*item)
+
+    read_stage, write_stage = _Stage(reader, "cvlocal-read"), _Stage(writer, "cvlocal-write")
+    read_stage.start()
+    write_stage.start()
+    try:
+        while True:
+            item = _get(inbox, stop, read_stage)
+            if item is _DONE:
+                break
+            chunk, parts = item
+            result = compute(chunk, parts)
+            if write_stage.error is not None:
+                raise write_stage.error
+            if not _put(outbox, (chunk, result), stop, write_stage):
+                break
+            del item, parts, result
+        if read_stage.error is not None:
+            raise read_stage.error
+        _put(outbox, _DONE, stop, write_stage)
+        write_stage.join()
+        if write_stage.error is not None:
+            raise write_stage.error
+    except BaseException:
+        stop.set()
+        read_stage.join(timeout=5)
+        write_stage.join(timeout=5)
+        raise

@@ -1,0 +1,115 @@
+"""Everything in a merged folder besides the weights: config, tokenizer, generation config.
+
+The merged model keeps the CP tokenizer (its vocabulary is what the weights' rows mean) but talks
+like the chat model, so it takes the chat model's template and end-of-turn tokens wherever those
+tokens exist in the CP vocabulary. Ids are always translated by token text, never copied, because
+an extended vocabulary may number them differently.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from convert.checkpoint import TOKENIZER_FILES
+from cvlocal.vector.device import dtype_name
+
+import torch
+
+
+def _dump(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _token_text(value: Any) -> str | None:
+    """tokenizer_config stores a token as a string or as an AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("content")
+    return None
+
+
+def translate_ids(ids: Any, chat_vocab: list[str | None], cp_vocab: dict[str, int]) -> list[int]:
+    """Chat ids (int or list) -> CP ids of the same token texts; tokens the CP lacks are dropped."""
+    out = []
+    for i in [ids] if isinstance(ids, int) else list(ids or []):
+        if isinstance(i, int) and 0 <= i < len(chat_vocab) and chat_vocab[i] in cp_vocab:
+            cp_id = int(cp_vocab[chat_vocab[i]])  # type: ignore[index]
+            if cp_id not in out:
+                out.append(cp_id)
+    return out
+
+
+def write_config(out_dir: Path, cp_config: dict[str, Any], dtype: torch.dtype, eos: list[int]) -> None:
+    """CP's config with the output dtype and, where it names one, the chat model's eos."""
+    config = json.loads(json.dumps(cp_config))
+    keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]
+    for key in keys:
+        config[key] = dtype_name(dtype)
+    if "eos_token_id" in config and eos:
+        config["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    _dump(out_dir / "config.json", config)
+
+
+def write_tokenizer(out_dir: Path, cp_dir: Path, chat_template: str | None, chat_eos_text: str | None, cp_vocab: dict[str, int]) -> list[str]:
+    """Copy the CP tokenizer, then give it the chat template and the chat model's eos token.
+
+    Returns the notes to show the user (what was taken from the chat model and what was not).
+    """
+    notes = []
+    for name in TOKENIZER_FILES:
+        if (cp_dir / name).is_file() and name not in ("chat_template.jinja", "chat_template.json"):
+            shutil.copyfile(cp_dir / name, out_dir / name)
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if chat_template:
+        config["chat_template"] = chat_template
+        notes.append("chat template taken from the chat model")
+    else:
+        notes.append("the chat model has no chat template; none was set")
+    if chat_eos_text:
+        if chat_eos_text in cp_vocab:
+            config["eos_token"] = chat_eos_text
+            notes.append(f"eos token {chat_eos_text!r} taken from the chat model")
+        else:
+            notes.append(f"the chat model's eos {chat_eos_text!r} is not in the CP vocabulary; the CP eos is kept")
+    if config:
+        _dump(config_path, config)
+    special_map = out_dir / "special_tokens_map.json"
+    if special_map.is_file() and chat_eos_text in cp_vocab:
+        data = json.loads(special_map.read_text(encoding="utf-8"))
+        if isinstance(data.get("eos_token"), dict):
+            data["eos_token"]["content"] = chat_eos_text
+        else:
+            data["eos_token"] = chat_eos_text
+        _dump(special_map, data)
+    return notes
+
+
+def write_generation_config(out_dir: Path, chat_gen: dict[str, Any] | None, cp_gen: dict[str, Any] | None, chat_vocab: list[str | None], cp_vocab: dict[str, int]) -> dict[str, Any]:
+    """The chat model's generation defaults with its special ids translated into the CP vocabulary."""
+    gen = json.loads(json.dumps(chat_gen if chat_gen is not None else (cp_gen or {})))
+    if chat_gen is not None:
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if key not in gen:
+                continue
+            mapped = translate_ids(gen[key], chat_vocab, cp_vocab)
+            if mapped:
+                gen[key] = mapped[0] if isinstance(chat_gen[key], int) or len(mapped) == 1 else mapped
+            elif cp_gen and key in cp_gen:
+                gen[key] = cp_gen[key]
+            else:
+                del gen[key]
+    if gen:
+        _dump(out_dir / "generation_config.json", gen)
+    return gen
+
+
+def chat_eos_text(chat_dir: Path) -> str | None:
+    """The chat tokenizer's eos token text, from its tokenizer_config.json."""
+    path = chat_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    return _token_text(json.loads(path.read_text(encoding="utf-8")).get("eos_token"))

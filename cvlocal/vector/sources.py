@@ -1,0 +1,116 @@
+"""The deltas a merge adds: ``chat - base`` read from a vector folder or computed on the fly.
+
+Both kinds answer the same questions (tensor names and shapes, the chat side's tokenizer,
+template, stop tokens and special-token rows) so the merge does not care which one it has. Each
+delta is read on the host (``read``, in the prefetch thread) and turned into float32 on the
+compute device (``to_delta``), so the two steps of consecutive chunks overlap.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convert.checkpoint import Checkpoint, open_checkpoint
+from cvlocal.vector import tokens as tk
+from cvlocal.vector.roles import is_embedding, is_lm_head
+from cvlocal.vector.vector_folder import VectorFolder, open_vector_folder
+
+
+@dataclass
+class DeltaSource:
+    """One ``r * (chat - base)`` term of a merge."""
+
+    label: str
+    ratio: float
+    vector: VectorFolder | None = None
+    base: Checkpoint | None = None
+    chat: Checkpoint | None = None
+    _chat_tok: Any = field(default=None, repr=False)
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_vector(cls, path: Path, ratio: float) -> "DeltaSource":
+        return cls(label=str(path), ratio=ratio, vector=open_vector_folder(path))
+
+    @classmethod
+    def from_pair(cls, base: Path, chat: Path, ratio: float) -> "DeltaSource":
+        return cls(label=f"{chat} - {base}", ratio=ratio, base=open_checkpoint(base), chat=open_checkpoint(chat))
+
+    # -- tensors -------------------------------------------------------------------------
+    @property
+    def reference(self) -> Checkpoint:
+        """The checkpoint whose directory describes the delta's tensors."""
+        return self.vector.checkpoint if self.vector else self.chat  # type: ignore[return-value]
+
+    def names(self) -> list[str]:
+        return self.reference.names()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.reference.shape(name)
+
+    def read(self, name: str, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """Host-side read of rows ``start:stop`` (runs in the prefetch thread)."""
+        if self.vector:
+            return (self.vector.checkpoint.read_rows(name, start, stop),)
+        return (self.chat.read_rows(name, start, stop), self.base.read_rows(name, start, stop))  # type: ignore[union-attr]
+
+    @staticmethod
+    def to_delta(parts: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+        """float32 delta on the device: the stored vector, or chat - base computed exactly."""
+        if len(parts) == 1:
+            return parts[0].to(device=device, dtype=torch.float32)
+        chat, base = parts
+        return chat.to(device=device, dtype=torch.float32) - base.to(device=device, dtype=torch.float32)
+
+    # -- the chat side -------------------------------------------------------------------
+    @property
+    def chat_config(self) -> dict[str, Any]:
+        return self.reference.config
+
+    @property
+    def chat_dir(self) -> Path:
+        """Folder with the chat model's tokenizer files and generation_config.json."""
+        return self.vector.tokenizer_dir if self.vector else self.chat.path  # type: ignore[union-attr]
+
+    def chat_tokenizer(self) -> Any:
+        if self._chat_tok is None:
+            self._chat_tok = tk.load_tokenizer(self.chat_dir)
+        return self._chat_tok
+
+    def chat_template(self) -> str | None:
+        if self.vector:
+            return self.vector.chat_template
+        return tk.read_chat_template(self.chat.path)  # type: ignore[union-attr]
+
+    def generation_config(self) -> dict[str, Any] | None:
+        path = self.chat_dir / "generation_config.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def special_row(self, kind: str, chat_id: int) -> torch.Tensor | None:
+        """The chat model's ``embed`` or ``lm_head`` row for a token, or None if not available."""
+        if self.vector:
+            return self.vector.special_rows().get(kind, {}).get(chat_id)
+        names = [n for n in self.chat.names() if (is_embedding(n) if kind == "embed" else is_lm_head(n))]  # type: ignore[union-attr]
+        if not names or chat_id >= self.chat.rows(names[0]):  # type: ignore[union-attr]
+            return None
+        return self.chat.read_rows(names[0], chat_id, chat_id + 1)[0]  # type: ignore[union-attr]
+
+    def provenance(self) -> dict[str, Any]:
+        """Where this term came from, for the model card and the recipe."""
+        if self.vector:
+            m = self.vector.manifest
+            return {"vector": {"path": str(self.vector.path)}, "ratio": self.ratio, "base": m.get("base"), "chat": m.get("chat")}
+        return {
+            "ratio": self.ratio,
+            "base": {"path": str(self.base.path), "fingerprint": self.base.fingerprint()},  # type: ignore[union-attr]
+            "chat": {"path": str(self.chat.path), "fingerprint": self.chat.fingerprint()},  # type: ignore[union-attr]
+        }
+
+    def close(self) -> None:
+        for ckpt in (self.base, self.chat, self.vector.checkpoint if self.vector else None):
+            if ckpt is not None:
+                ckpt.close()
