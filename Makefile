@@ -6,9 +6,11 @@ PIP := $(VENV)/bin/pip
 CONSTRAINTS := constraints/dev.txt
 LLAMA_VERSION := 0.3.36
 WHEELS := .build/wheels
-# llama.cpp built for a generic x86-64 with AVX-512 but without AMX: a native build on AMX machines
-# segfaults on every quantized GGUF (ggml_backend_amx_mul_mat). See README "Building llama-cpp-python".
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON
+# llama.cpp built for any x86-64 with AVX2 (x86-64-v3), never native: a native build on CPUs with AMX
+# segfaults on every quantized GGUF (ggml_backend_amx_mul_mat), and an AVX-512 build dies with
+# "Illegal instruction" on the AMD EPYC machines CI also runs on. No multimodal (llava) library.
+# Override for your own hardware, e.g. LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON" (see README).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 PYTEST_ARGS ?=
 
 .PHONY: all setup demo demo-models test bench clean llama-wheel
@@ -24,7 +26,7 @@ $(VENV)/.created:
 $(WHEELS)/.built: $(VENV)/.created
 	mkdir -p $(WHEELS)
 	rm -f $(WHEELS)/llama_cpp_python-*.whl
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
 		-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
 	touch $@
 

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        sys.stderr.write("cvlocal: interrupted; nothing was left at the output path\n")
+        sys.stderr.write("cvlocal: interrupted\n")
         return 130
     except BrokenPipeError:
         return 0

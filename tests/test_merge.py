@@ -214,3 +214,24 @@ def test_merged_folder_loads_and_chats_in_transformers(tiny_family, tmp_path, ki
     assert str(fam.cp) in card and "fingerprint" in card
     recipe = json.loads((out / "cvlocal_recipe.json").read_text())
     assert recipe["vectors"][0]["ratio"] == 1.0 and len(recipe["cp"]["fingerprint"]) == 16
+
+
+@pytest.mark.parametrize("kind,outtype", [("llama3", "q8_0"), ("qwen2", "f16")])
+def test_one_pass_gguf_equals_converting_the_merged_folder(tiny_family, tmp_path, kind, outtype):
+    """merge -o x.gguf streams into the converter; its tensors must be those of merge-then-convert."""
+    from gguf import GGUFReader
+
+    fam = tiny_family(kind)
+    folder, one_pass, two_step = tmp_path / "merged", tmp_path / "one.gguf", tmp_path / "two.gguf"
+    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "--ratio", "0.6", "-o", folder, "--quiet")
+    cli("convert", folder, "-o", two_step, "--outtype", outtype, "--quiet")
+    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "--ratio", "0.6", "-o", one_pass, "--outtype", outtype, "--quiet")
+    a, b = GGUFReader(str(one_pass)), GGUFReader(str(two_step))
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert set(ta) == set(tb) and len(ta) > 10
+    for name in ta:
+        assert ta[name].tensor_type == tb[name].tensor_type, name
+        assert bytes(ta[name].data.tobytes()) == bytes(tb[name].data.tobytes()), name
+    recipe = json.loads(bytes(a.fields["cvlocal.recipe"].parts[-1]).decode())
+    assert recipe["vectors"][0]["ratio"] == 0.6
+    assert "chat_template" in "".join(a.fields) or "tokenizer.chat_template" in a.fields

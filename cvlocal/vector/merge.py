@@ -296,17 +296,26 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
         thread.join(timeout=10)
 
 
-def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype: str, force: bool, quiet: bool, threads: int | None) -> list[str]:
-    from convert import write_gguf  # the converter library; imported here to keep `merge` to HF light
+def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None) -> list[str]:
+    """One pass: the merged tensors flow straight into the GGUF writer (one file per type)."""
+    from convert import output_paths, write_ggufs  # the converter library; loaded only for GGUF output
 
     with tempfile.TemporaryDirectory(prefix=".cvlocal-merge-", dir=out.parent) as side:
         side_dir = Path(side)
         _write_side_files(plan, side_dir)
         recipe = _recipe(plan)
-        metadata = {"cvlocal.recipe": json.dumps(recipe, ensure_ascii=False), "cvlocal.version": recipe["tool"]}
-        plan_shapes = {n: (d, s) for n, d, s in plan.output_plan()}
-        write_gguf(side_dir, out, outtype, plan=plan_shapes, tensors=_assembled(plan, computer, quiet), threads=threads, force=force, metadata=metadata)
-    return [out.name]
+        name = f"{plan.cp.path.resolve().name}-ChatVector"
+        write_card(side_dir, recipe, name)  # its front matter gives the converter general.base_model.*
+        metadata = {"general.name": name, "cvlocal.recipe": json.dumps(recipe, ensure_ascii=False), "cvlocal.version": recipe["tool"]}
+        shapes = {n: (d, s) for n, d, s in plan.output_plan()}
+        targets = output_paths(out, outtypes, side_dir, plan=shapes, metadata=metadata)
+        for path in targets.values():
+            check_output_path(path, force)
+        written = write_ggufs(
+            side_dir, targets, plan=shapes, tensors=_assembled(plan, computer, quiet), threads=threads, force=force,
+            metadata=metadata, on_stage=lambda t: say(f"quantizing to {t}", quiet), on_warning=lambda w: say(f"note: {w}", quiet),
+        )
+    return [str(p) for p in written.values()]
 
 
 def merge_models(
@@ -331,7 +340,8 @@ def merge_models(
     started = time.perf_counter()
     out = Path(out)
     to_gguf = out.suffix.lower() == ".gguf"
-    check_output_path(out, force)
+    if "{" not in out.name:
+        check_output_path(out, force)
     if outtype and not to_gguf:
         raise UsageError("--outtype needs an output path ending in .gguf", out, "Name the output *.gguf for a one-pass merge to GGUF.")
     max_shard = shard_size if isinstance(shard_size, int) else parse_size(shard_size)

@@ -1,0 +1,174 @@
+"""One conversion, planned then written: an HF folder (or stream) to a GGUF file of a direct type.
+
+``prepare`` checks everything that can be wrong with the input before anything is written:
+config.json and the architecture, the tensor plan (names, shapes, the embedding against
+``vocab_size``), the tokenizer. It decides every metadata key and tensor; ``write_direct`` then
+streams the tensors into the file one at a time (Q/K rows permuted where the architecture says,
+each tensor encoded in slabs). Nothing here reads a tensor twice or holds two at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from convert.architectures import ARCHITECTURES, Architecture, supported
+from convert.checkpoint import load_json
+from convert.errors import ConvertError
+from convert.gguf_constants import GGML_QUANT_VERSION, GGMLType, GGUFValueType, Keys, key_type
+from convert.gguf_writer import GGUFWriter
+from convert.hparams import gguf_hparams, llama3_rope_freqs
+from convert.metadata import general_metadata
+from convert.quant_tables import OutType
+from convert.tensor_encoding import encode
+from convert.tensor_plan import PlannedTensor, permute_rotary, plan_tensors, rotary_heads
+from convert.vocab import read_vocab
+
+SourcePlan = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+"""HF tensor name -> (dtype, shape), in the order the tensors will be streamed."""
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class Conversion:
+    """Everything decided about one source before writing: metadata, tensors, warnings."""
+
+    folder: Path
+    arch: Architecture
+    config: dict[str, Any]
+    kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]
+    tensors: list[PlannedTensor]
+    rope_freqs: torch.Tensor | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_config(folder: Path) -> tuple[dict[str, Any], Architecture]:
+    """config.json (a multimodal config's ``text_config`` merged in) and its architecture table."""
+    if not folder.is_dir():
+        raise ConvertError("folder not found", folder, "Pass the model folder (the one with config.json).")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ConvertError("no config.json", folder, "Pass a Hugging Face model folder that has config.json.")
+    config = load_json(config_path)
+    if not isinstance(config, dict):
+        raise ConvertError("config.json is not a JSON object", config_path, "Repair or re-download it.")
+    if isinstance(config.get("text_config"), dict):
+        config = {**config, **config["text_config"]}
+    names = config.get("architectures") or []
+    name = names[0] if isinstance(names, list) and names else None
+    if name not in ARCHITECTURES:
+        shown = repr(name) if name else "not given"
+        raise ConvertError(f"unsupported architecture ({shown})", config_path, f"Supported: {supported()}.")
+    return config, ARCHITECTURES[name]
+
+
+def lossless_type(source: SourcePlan) -> GGMLType:
+    """The float type that holds every 2-D source weight exactly (bf16, f16, else f32)."""
+    dtypes = {dtype for dtype, shape in source.values() if len(shape) >= 2}
+    if dtypes == {torch.bfloat16}:
+        return GGMLType.BF16
+    if dtypes == {torch.float16}:
+        return GGMLType.F16
+    return GGMLType.F32
+
+
+def planned(folder: Path, source: SourcePlan, weight_type: GGMLType) -> tuple[dict[str, Any], Architecture, list[PlannedTensor], torch.Tensor | None]:
+    """Config, architecture, the GGUF tensor plan and the generated rope_freqs (if any), without reading data."""
+    config, arch = load_config(folder)
+    rope_freqs = llama3_rope_freqs(config) if arch.llama3_rope_freqs else None
+    tensors = plan_tensors(arch, config, source, weight_type, where=folder, rope_freqs=rope_freqs)
+    return config, arch, tensors, rope_freqs
+
+
+def _n_params(tensors: Sequence[PlannedTensor]) -> int:
+    return sum(int(np.prod(t.shape)) for t in tensors)
+
+
+def general_keys(folder: Path, config: Mapping[str, Any], tensors: Sequence[PlannedTensor], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``general.*`` keys: derived from the folder and parameter count, the caller's ``general.*`` on top."""
+    general = general_metadata(folder, config, _n_params(tensors), metadata or {})
+    general.update({k: v for k, v in (metadata or {}).items() if k.startswith("general.")})
+    return general
+
+
+def prepare(folder: Path, source: SourcePlan, out_type: OutType, metadata: Mapping[str, Any] | None = None) -> Conversion:
+    """Check the source and decide every key and tensor of a direct-type GGUF (no data read)."""
+    if not out_type.direct or out_type.ggml_type is None:
+        raise ValueError(f"{out_type.name} is not written directly")
+    config, arch, tensors, rope_freqs = planned(folder, source, out_type.ggml_type)
+    n_vocab = next(t.shape[0] for t in tensors if t.gguf_name == "token_embd.weight")
+    vocab = read_vocab(folder, config, n_vocab)
+    general = general_keys(folder, config, tensors, metadata)
+    kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [(Keys.ARCHITECTURE, arch.gguf_arch, None, None)]
+    kv += [(k, v, None, None) for k, v in general.items()]
+    warnings = list(vocab.warnings)
+    kv += [(k, v, None, None) for k, v in gguf_hparams(arch, config, folder / "config.json", warnings).items()]
+    kv += [(Keys.FILE_TYPE, out_type.ftype, None, None), (Keys.QUANTIZATION_VERSION, GGML_QUANT_VERSION, None, None)]
+    kv += vocab.metadata()
+    kv += [(k, v, None, None) for k, v in (metadata or {}).items() if not k.startswith("general.")]
+    return Conversion(folder, arch, config, kv, tensors, rope_freqs, warnings)
+
+
+def _add_kv(writer: GGUFWriter, arch: str, kv: Iterable[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]) -> None:
+    """Add metadata with the type llama.cpp expects for known keys, inferred types for free-form ones."""
+    for key, value, vtype, elem in kv:
+        fixed = vtype or key_type(key, arch)
+        if fixed is None:
+            writer.add_value(key, value)
+        elif fixed == GGUFValueType.ARRAY:
+            writer.add_value(key, value, fixed, elem)
+        else:
+            writer.add_value(key, _coerce(value, fixed, key), fixed)
+
+
+def _coerce(value: Any, vtype: GGUFValueType, key: str) -> Any:
+    if vtype == GGUFValueType.STRING:
+        return str(value)
+    if vtype == GGUFValueType.BOOL:
+        return bool(value)
+    if vtype.name.startswith("FLOAT"):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConvertError(f"metadata {key!r} must be an integer, not {value!r}")
+    return int(value)
+
+
+def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch.Tensor]], on_progress: Progress | None, threads: int | None = None) -> None:
+    """Write the planned file at ``path`` from ``stream`` (HF name, tensor) in plan order.
+
+    A stream that is out of order, short, or has a tensor of the wrong shape raises (a bug in
+    the caller, not bad input); the caller's atomic output then removes the partial file.
+    """
+    writer = GGUFWriter(path)
+    try:
+        _add_kv(writer, conv.arch.gguf_arch, conv.kv)
+        for t in conv.tensors:
+            writer.add_tensor(t.gguf_name, t.shape, t.ggml_type)
+        writer.write_header()
+        pending = iter(t for t in conv.tensors if t.hf_name is not None)
+        if conv.rope_freqs is not None:
+            writer.write_tensor(conv.tensors[0].gguf_name, encode(conv.rope_freqs, GGMLType.F32))
+        for hf_name, tensor in stream:
+            if conv.arch.gguf_name(hf_name) == "":
+                continue
+            planned = next(pending, None)
+            if planned is None or planned.hf_name != hf_name:
+                raise RuntimeError(f"tensor stream out of order: got {hf_name!r}, expected {planned.hf_name if planned else None!r}")
+            if tuple(tensor.shape) != planned.shape:
+                raise RuntimeError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, planned {planned.shape}")
+            if planned.permute:
+                tensor = permute_rotary(tensor, rotary_heads(planned.permute, conv.config, conv.folder))
+            writer.write_tensor(planned.gguf_name, encode(tensor, planned.ggml_type, threads))
+            del tensor
+            if on_progress is not None:
+                on_progress(hf_name, planned.source_nbytes)
+        missing = next(pending, None)
+        if missing is not None:
+            raise RuntimeError(f"tensor stream ended before {missing.hf_name!r}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

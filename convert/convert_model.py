@@ -1,0 +1,190 @@
+"""The converter's entry points: an HF folder (or a stream of tensors) to one or more GGUF files.
+
+One pass over the source tensors, one tensor in memory at a time:
+
+1. Everything that can be wrong with the input is checked before anything is written: config
+   and architecture, the tensor plan (names, shapes, the embedding against ``vocab_size``), the
+   tokenizer, the output paths.
+2. f32, f16, bf16 and q8_0 are written directly by ``convert.gguf_writer``.
+3. Other types are made by llama.cpp's quantizer from a *lossless* float GGUF: bf16 when every
+   2-D source weight is bf16, f16 when every one is f16, f32 otherwise. Quantizing from it gives
+   the same bytes as quantizing from the source precision, and several types share it.
+4. When several types are asked for, the source is read once: the lossless file is written
+   first, then each direct type is re-encoded from it (same bytes as a direct conversion, since
+   it holds the source values exactly) and each llama.cpp type is quantized from it.
+
+Every output appears under its final name only when complete (``convert.atomic``); temporary
+files are removed on success, failure, Ctrl-C and SIGTERM.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from convert.atomic import atomic_output, check_output_path, partial_path, remove_path
+from convert.checkpoint import open_checkpoint
+from convert.conversion import Progress, SourcePlan, lossless_type, prepare, write_direct
+from convert.errors import ConvertError
+from convert.gguf_constants import GGMLType
+from convert.gguf_reader import read_gguf
+from convert.llama_quantize import llama_quantize
+from convert.metadata import file_name
+from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
+from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype
+from convert.transcode import transcode
+
+Stage = Callable[[str], None]
+_LOSSLESS = {GGMLType.F32: "f32", GGMLType.F16: "f16", GGMLType.BF16: "bf16"}
+__all__ = ["convert_checkpoint", "write_gguf", "write_ggufs", "quantize_gguf", "gguf_file_name", "output_paths"]
+
+
+def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterable[tuple[str, torch.Tensor]] | None):
+    if (plan is None) != (tensors is None):
+        raise ValueError("pass both plan and tensors (a merge stream) or neither (read the folder)")
+    if plan is not None:
+        return dict(plan), iter(tensors), None  # type: ignore[arg-type]
+    ckpt = open_checkpoint(source_dir)
+    return {n: (ckpt.dtype(n), ckpt.shape(n)) for n in ckpt.names()}, ckpt.tensors(), ckpt
+
+
+def write_ggufs(
+    source_dir: str | Path,
+    outputs: Mapping[str, str | Path],
+    *,
+    plan: SourcePlan | None = None,
+    tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    on_progress: Progress | None = None,
+    on_stage: Stage | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Write one GGUF per output type (``{"f16": path, "q4_k_m": path}``) reading the source once.
+
+    ``tensors`` streams (HF name, tensor) in the order of ``plan``'s keys (HF name -> dtype,
+    shape); without them the weights come from ``source_dir``'s checkpoint files.
+    ``threads`` is for q8_0/bf16 encoding and llama.cpp's quantizer (default: the usable CPUs).
+    ``on_progress(name, nbytes)`` follows each source tensor, ``on_stage(text)`` announces each
+    derived output, ``on_warning(text)`` reports tokenizer caveats. Returns the written paths.
+    """
+    folder = Path(source_dir)
+    wanted = {lookup_outtype(name): check_output_path(Path(path), force) for name, path in outputs.items()}
+    if not wanted:
+        raise ConvertError("no output type given", fix=f"Choose from: {', '.join(OUTTYPES)}.")
+    if len({p.resolve() for p in wanted.values()}) != len(wanted):
+        raise ConvertError("two output types would write the same file", fix="Use a folder or a name with {type}.")
+    source, stream, ckpt = _stream_and_plan(folder, plan, tensors)
+    try:
+        base_type = lossless_type(source)
+        single = next(iter(wanted)) if len(wanted) == 1 else None
+        first_type = single if single is not None and single.direct else OUTTYPES[_LOSSLESS[base_type]]
+        conv = prepare(folder, source, first_type, metadata)
+        for warning in conv.warnings:
+            if on_warning is not None:
+                on_warning(warning)
+        written: dict[str, Path] = {}
+        if first_type in wanted:
+            with atomic_output(wanted[first_type], force=force) as tmp:
+                write_direct(conv, tmp, stream, on_progress, threads)
+            written[first_type.name] = wanted[first_type]
+            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written)
+            return written
+        anchor = next(iter(wanted.values()))
+        hidden = partial_path(anchor.with_name(anchor.stem + "-intermediate.gguf"))
+        try:
+            with atomic_output(hidden) as tmp:
+                write_direct(conv, tmp, stream, on_progress, threads)
+            _derive(hidden, wanted, threads, force, on_stage, written)
+        finally:
+            remove_path(hidden)
+        return written
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+
+
+def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, force: bool, on_stage: Stage | None, written: dict[str, Path]) -> None:
+    """Make each target type from a lossless float GGUF: re-encode direct types, quantize the rest."""
+    for out_type, path in targets.items():
+        if on_stage is not None:
+            on_stage(out_type.name)
+        with atomic_output(path, force=force) as tmp:
+            if out_type.direct:
+                transcode(source, tmp, out_type, threads=threads)
+            else:
+                llama_quantize(source, tmp, out_type, threads)
+        written[out_type.name] = path
+
+
+def _single(outputs: dict[str, Path]) -> Path:
+    return next(iter(outputs.values()))
+
+
+def write_gguf(
+    source_dir: str | Path,
+    out: str | Path,
+    outtype: str,
+    *,
+    plan: SourcePlan | None = None,
+    tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    on_progress: Progress | None = None,
+) -> Path:
+    """Write one GGUF of ``outtype`` from ``source_dir`` (config + tokenizer) and its weights or a tensor stream.
+
+    ``out`` may be a file, a folder (naming-convention name inside) or a name with ``{type}``.
+    """
+    outputs = output_paths(out, [outtype], source_dir, plan=plan, metadata=metadata)
+    return _single(write_ggufs(source_dir, outputs, plan=plan, tensors=tensors, threads=threads, force=force, metadata=metadata, on_progress=on_progress))
+
+
+def convert_checkpoint(
+    model_dir: str | Path,
+    out: str | Path,
+    outtype: str = "f16",
+    *,
+    threads: int | None = None,
+    force: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    on_progress: Progress | None = None,
+) -> Path:
+    """Convert an HF checkpoint folder to one GGUF file of ``outtype``; returns its path."""
+    return write_gguf(model_dir, out, outtype, threads=threads, force=force, metadata=metadata, on_progress=on_progress)
+
+
+def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int | None = None, force: bool = False) -> Path:
+    """Make a ``qtype`` GGUF from a float (f32/f16/bf16) GGUF ``inp``; returns the output path.
+
+    ``out`` may be a file, a folder (naming-convention name from the input's metadata) or a name
+    with ``{type}``. Direct types are re-encoded by our writer, others quantized by llama.cpp.
+    """
+    inp = Path(inp)
+    out_type = lookup_outtype(qtype)
+    with read_gguf(inp) as src:
+        if not src.architecture:
+            raise ConvertError("no general.architecture in the GGUF metadata", inp, "Pass a model GGUF.")
+        quantized = sorted({t.ggml_type.name for t in src.tensors if t.ggml_type not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)})
+        if quantized:
+            raise ConvertError(
+                f"the input is already quantized ({', '.join(quantized)} tensors)", inp,
+                "Quantize from the f16, bf16 or f32 GGUF (cvlocal convert --outtype bf16).",
+            )
+        general = {k: v for k, v in src.metadata.items() if k.startswith("general.")}
+    target = Path(out)
+    if has_placeholder(target):
+        target = target.with_name(fill_type(target.name, out_type))
+    elif is_folder_target(out):
+        target = target / file_name(general, out_type.label)
+    if target.resolve() == inp.resolve():
+        raise ConvertError("the output would overwrite the input", target, "Choose another output path.")
+    with atomic_output(target, force=force) as tmp:
+        if out_type.direct:
+            transcode(inp, tmp, out_type, threads=threads)
+        else:
+            llama_quantize(inp, tmp, out_type, threads)
+    return target
