@@ -1,0 +1,279 @@
+"""The slash commands of the chat (``/help``, ``/set``, ``/save`` ...), shared by the REPL and scripts.
+
+A command works on a :class:`Host`: the session, a console for its output, and a way to show a
+reply being generated (live in a terminal, plain in a script). ``//text`` sends ``/text`` as a
+message.
+"""
+from __future__ import annotations
+
+import importlib
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cvlocal.errors import UsageError
+from cvlocal.session import ChatSession, Turn
+from cvlocal.chat.transcript import load_transcript, save_transcript
+
+EXIT = object()  # returned by /exit
+
+
+class Host(Protocol):
+    """What a command needs from the REPL or the script runner."""
+
+    session: ChatSession
+    out: Console
+    model_path: Path
+
+    def show_reply(self, produce: Callable[[Callable[[str], None]], Turn]) -> Turn | None: ...
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Setting:
+    parse: Callable[[str], Any]
+    valid: Callable[[Any], bool]
+    rule: str
+
+
+SETTINGS: dict[str, Setting] = {
+    "temperature": Setting(_float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_p": Setting(_float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": Setting(_int, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "min_p": Setting(_float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "repeat_penalty": Setting(_float, lambda v: v > 0, "a number > 0 (1 = off)"),
+    "max_tokens": Setting(_int, lambda v: v >= 1, "an integer >= 1"),
+    "seed": Setting(_int, lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def parse_setting(name: str, value: Any) -> Any:
+    """A checked value for a setting; UsageError naming the rule otherwise."""
+    setting = SETTINGS.get(name)
+    if setting is None:
+        raise UsageError(f"unknown setting {name!r}", fix=f"Use one of {', '.join(SETTINGS)}")
+    try:
+        parsed = setting.parse(str(value))
+    except ValueError:
+        parsed = None
+    if parsed is None or not setting.valid(parsed):
+        raise UsageError(f"bad value {value!r} for {name}", fix=f"It must be {setting.rule}")
+    return parsed
+
+
+def apply_settings(session: ChatSession, settings: dict[str, Any]) -> list[str]:
+    """Apply known settings from a saved transcript; returns the names applied."""
+    applied = []
+    for name, value in settings.items():
+        if name in SETTINGS:
+            setattr(session, name, parse_setting(name, value))
+            applied.append(name)
+    return applied
+
+
+# ----- the commands -----
+def cmd_help(host: Host, arg: str) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for name, (usage, text, _) in COMMANDS.items():
+        table.add_row(Text(f"/{name} {usage}".rstrip()), Text(text))
+    host.out.print(table)
+    host.out.print('Multi-line: start with """ and end a line with """ (or paste). //text sends "/text". '
+                   "Ctrl-C stops a reply; Ctrl-C twice or Ctrl-D exits.", markup=False)
+
+
+def cmd_system(host: Host, arg: str) -> None:
+    session = host.session
+    if not arg:
+        host.out.print(f"system prompt: {session.system!r}" if session.system else "no system prompt", markup=False)
+        return
+    session.system = None if arg == "-" else arg
+    host.out.print("system prompt removed" if arg == "-" else "system prompt set", markup=False)
+
+
+def cmd_set(host: Host, arg: str) -> None:
+    parts = arg.split()
+    if len(parts) != 2:
+        raise UsageError("usage: /set NAME VALUE", fix=f"NAME is one of {', '.join(SETTINGS)}")
+    name, value = parts
+    setattr(host.session, name, parse_setting(name, value))
+    host.out.print(f"{name} = {getattr(host.session, name)}", markup=False)
+
+
+def model_facts(session: ChatSession, model_path: Path) -> list[tuple[str, str]]:
+    """What /show says about the model: file, metadata, context, template, stops."""
+    llm = session.llm
+    meta = llm.metadata
+    arch = meta.get("general.architecture", "?")
+    facts = [
+        ("file", str(model_path)),
+        ("name", meta.get("general.name", "?")),
+        ("architecture", arch),
+        ("description", llm._model.desc()),
+        ("parameters", f"{llm._model.n_params():,}"),
+        ("vocabulary", f"{llm.n_vocab():,} tokens ({meta.get('tokenizer.ggml.model', '?')})"),
+        ("context", f"{session.n_ctx} (trained {llm._model.n_ctx_train()})"),
+        ("threads", f"{llm.n_threads} (prompt {llm.n_threads_batch})"),
+        ("template", session.template_source),
+        ("stops", " ".join(session.stop_tokens)),
+    ]
+    return facts
+
+
+def cmd_show(host: Host, arg: str) -> None:
+    session = host.session
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for name, value in session.settings().items():
+        table.add_row(name, Text(str(value)))
+    table.add_row("", "")
+    for name, value in model_facts(session, host.model_path):
+        table.add_row(name, Text(value))
+    if session.system:
+        table.add_row("system", Text(session.system))
+    host.out.print(table)
+    if session.template.template_text:
+        host.out.print(Panel(Text(session.template.template_text), title=f"chat template ({session.template_source})",
+                             expand=False))
+
+
+def cmd_clear(host: Host, arg: str) -> None:
+    host.session.reset()
+    host.out.print("conversation cleared" + (" (system prompt kept)" if host.session.system else ""), markup=False)
+
+
+def cmd_undo(host: Host, arg: str) -> None:
+    if host.session.undo():
+        host.out.print("last exchange removed", markup=False)
+    else:
+        host.out.print("nothing to undo", markup=False)
+
+
+def cmd_regen(host: Host, arg: str) -> None:
+    session = host.session
+    if not session.messages or session.messages[-1]["role"] != "assistant":
+        host.out.print("no reply to regenerate", markup=False)
+        return
+    host.show_reply(session.regen)
+
+
+def _path_arg(arg: str, command: str) -> Path:
+    try:
+        parts = shlex.split(arg)
+    except ValueError:
+        parts = []
+    if len(parts) != 1:
+        raise UsageError(f"usage: /{command} FILE.json", fix="Give one file name (quote it if it has spaces)")
+    return Path(parts[0]).expanduser()
+
+
+def cmd_save(host: Host, arg: str) -> None:
+    path = save_transcript(host.session, _path_arg(arg, "save"))
+    host.out.print(f"saved {len(host.session.messages)} messages to {path}", markup=False)
+
+
+def cmd_load(host: Host, arg: str) -> None:
+    messages, settings = load_transcript(_path_arg(arg, "load"))
+    host.session.load_messages(messages)
+    applied = apply_settings(host.session, settings)
+    note = f" and settings ({', '.join(applied)})" if applied else ""
+    host.out.print(f"loaded {len(messages)} messages{note}", markup=False)
+    tokens = host.session.count_tokens()
+    if tokens >= host.session.n_ctx:
+        host.out.print(f"the conversation has {tokens} tokens, more than the context ({host.session.n_ctx}); "
+                       "the oldest exchanges will be dropped at the next message", markup=False)
+
+
+def cmd_stats(host: Host, arg: str) -> None:
+    turns = host.session.turns
+    if not turns:
+        host.out.print("no replies yet", markup=False)
+        return
+    table = Table(title="per turn")
+    for column in ("#", "prompt tok", "new prompt tok", "prompt tok/s", "first token ms", "reply tok", "gen tok/s",
+                   "end"):
+        table.add_column(column, justify="right")
+    for i, t in enumerate(turns, 1):
+        end = t.finish_reason + (f" (-{t.dropped_turns} turns)" if t.dropped_turns else "")
+        table.add_row(str(i), str(t.prompt_tokens), str(t.new_prompt_tokens), f"{t.prompt_rate:.1f}",
+                      f"{t.ttft_s * 1000:.0f}", str(t.completion_tokens), f"{t.gen_rate:.1f}", end)
+    host.out.print(table)
+    host.out.print(f"context: {host.session.count_tokens()} of {host.session.n_ctx} tokens in use", markup=False)
+
+
+def check_module() -> Any | None:
+    """``cvlocal.evaluation`` if it provides ``check_reply``; None when the checks are not installed."""
+    try:
+        module = importlib.import_module("cvlocal.evaluation")
+    except ImportError:
+        return None
+    return module if callable(getattr(module, "check_reply", None)) else None
+
+
+def cmd_check(host: Host, arg: str) -> None:
+    replies = [m["content"] for m in host.session.messages if m["role"] == "assistant"]
+    if not replies:
+        host.out.print("no reply to check", markup=False)
+        return
+    module = check_module()
+    if module is None:
+        host.out.print("the offline checks are not installed (cvlocal.evaluation.check_reply is missing)",
+                       markup=False)
+        return
+    result = module.check_reply(replies[-1], lang=arg.strip() or None)
+    table = Table(title="checks on the last reply", show_header=False)
+    for name, value in (result or {}).items():
+        table.add_row(Text(str(name)), Text(str(value)))
+    host.out.print(table)
+
+
+def cmd_exit(host: Host, arg: str) -> object:
+    return EXIT
+
+
+COMMANDS: dict[str, tuple[str, str, Callable[[Host, str], Any]]] = {
+    "help": ("", "this list", cmd_help),
+    "system": ("[TEXT|-]", "show, set or (with -) remove the system prompt", cmd_system),
+    "set": ("NAME VALUE", f"change a setting: {', '.join(SETTINGS)}", cmd_set),
+    "show": ("", "settings, model metadata and chat template", cmd_show),
+    "clear": ("", "forget the conversation (the system prompt stays)", cmd_clear),
+    "undo": ("", "remove the last question and its reply", cmd_undo),
+    "regen": ("", "generate the last reply again", cmd_regen),
+    "save": ("FILE.json", "save the conversation and settings", cmd_save),
+    "load": ("FILE.json", "load a saved conversation and its settings", cmd_load),
+    "stats": ("", "prompt tokens, prompt rate, time to first token, generation rate per turn", cmd_stats),
+    "check": ("[LANG]", "offline toxicity and dialogue checks on the last reply", cmd_check),
+    "exit": ("", "leave (also Ctrl-D)", cmd_exit),
+}
+ALIASES = {"quit": "exit", "bye": "exit", "?": "help"}
+
+
+def is_command(text: str) -> bool:
+    """A line starting with one slash is a command; ``//`` escapes a message starting with ``/``."""
+    return text.startswith("/") and not text.startswith("//")
+
+
+def run_command(host: Host, line: str) -> object | None:
+    """Run one command line; returns EXIT for /exit. Bad usage is reported, not raised."""
+    name, _, arg = line[1:].strip().partition(" ")
+    name = ALIASES.get(name.lower(), name.lower())
+    entry = COMMANDS.get(name)
+    if entry is None:
+        host.out.print(f"unknown command /{name}; /help lists the commands", markup=False)
+        return None
+    try:
+        return entry[2](host, arg.strip())
+    except UsageError as err:
+        host.out.print(f"error: {err}", markup=False, style="red")
+        return None

@@ -1,0 +1,51 @@
+"""``cvlocal serve MODEL.gguf``: an OpenAI-compatible HTTP server (llama-cpp-python's, with our template)."""
+from __future__ import annotations
+
+import argparse
+
+from cvlocal import ui
+from cvlocal.commands.chat import add_model_options, check_ctx
+from cvlocal.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve a GGUF model over an OpenAI-compatible HTTP API",
+        description="llama-cpp-python's OpenAI-compatible server (/v1/chat/completions with streaming, "
+                    "/v1/completions, /v1/models) with the same chat template handling as `cvlocal chat`. "
+                    "Needs the server extra: pip install 'cvlocal[server]'.")
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model-alias", default=None, metavar="NAME", help="model id clients use (default: file stem)")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="require this bearer key from clients")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cvlocal.chat.server import build_app, is_loopback, missing_server_packages, probe_template, serve
+
+    missing = missing_server_packages()
+    if missing:
+        raise UsageError(f"the server needs packages that are not installed ({', '.join(missing)})",
+                         fix="Run: pip install 'cvlocal[server]'")
+    check_ctx(args)
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a port number", fix="Give 1-65535")
+    from cvlocal.session import check_gguf_path
+
+    check_gguf_path(args.model)
+    template = probe_template(args.model, args.chat_format)
+    if template.warning:
+        ui.warn(template.warning)
+    if not is_loopback(args.host):
+        ui.warn(f"listening on {args.host}: other machines can reach this server"
+                + ("" if args.api_key else " and it has no --api-key"))
+    with ui.maybe_status(f"loading {args.model.name}", args.quiet):
+        app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                        chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
+                        host=args.host, port=args.port, api_key=args.api_key)
+    ui.say(f"serving {args.model.name} (template {template.source}) on http://{args.host}:{args.port}/v1 "
+           "— Ctrl-C stops", args.quiet)
+    serve(app, args.host, args.port, quiet=args.quiet)
+    return 0
