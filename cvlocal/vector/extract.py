@@ -32,17 +32,17 @@ from cvlocal.vector.vector_folder import FORMAT, FORMAT_VERSION, SPECIAL_ROWS, T
 
 
 def _copy_chat_side(chat: Checkpoint, folder: Path) -> None:
-    """chat_tokenizer/: the chat model's tokenizer, generation config and config (for AutoTokenizer)."""
+    """chat_tokenizer/: the chat model's tokenizer, generation config and config (AutoTokenizer needs config.json)."""
     folder.mkdir()
     for name in (*TOKENIZER_FILES, "generation_config.json", "config.json"):
         if (chat.path / name).is_file():
             shutil.copyfile(chat.path / name, folder / name)
 
 
-def _write_special_rows(chat: Checkpoint, chat_tok: Any, template: str | None, path: Path) -> list[dict[str, Any]]:
+def _write_special_rows(chat: Checkpoint, table: tk.TokenTable, template: str | None, path: Path) -> list[dict[str, Any]]:
     """Store the chat model's rows for every special token, so --special-tokens works from the vector."""
-    ids = sorted(set(tk.special_ids(chat_tok)) | set(tk.eos_ids(chat.path, chat_tok)) | set(tk.template_special_ids(chat_tok, template)))
-    vocab = tk.vocabulary(chat_tok)
+    ids = sorted(table.special | set(tk.eos_ids(chat.path, table)) | set(tk.template_special_ids(table, template)))
+    vocab = table.tokens
     plan: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for kind, test in (("embed", is_embedding), ("lm_head", is_lm_head)):
@@ -88,7 +88,7 @@ def extract_vector(
     assert base_ck is not None and chat_ck is not None
     try:
         check_pair(base_ck, chat_ck)
-        chat_tok = source.chat_tokenizer()
+        chat_table = source.chat_tokens()
         template = source.chat_template()
         names = chat_ck.names()
         dtypes = {n: torch_dtype or chat_ck.dtype(n) for n in names}
@@ -116,10 +116,10 @@ def extract_vector(
             main_dtype = torch_dtype or max({d for _, d, _ in tensors}, key=lambda d: sum(chat_ck.nbytes(n) for n, dd, _ in tensors if dd == d))
             write_config(tmp, chat_ck.config, main_dtype, [])
             _copy_chat_side(chat_ck, tmp / TOKENIZER_DIR)
-            special = _write_special_rows(chat_ck, chat_tok, template, tmp / SPECIAL_ROWS)
+            special = _write_special_rows(chat_ck, chat_table, template, tmp / SPECIAL_ROWS)
             gen_path = chat_ck.path / "generation_config.json"
-            eos = tk.eos_ids(chat_ck.path, chat_tok)
-            vocab = tk.vocabulary(chat_tok)
+            eos = tk.eos_ids(chat_ck.path, chat_table)
+            vocab = chat_table.tokens
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -133,8 +133,8 @@ def extract_vector(
                 "tensors": {n: list(s) for n, _, s in tensors},
                 "files": files,
                 "chat_template": template,
-                "bos_token": getattr(chat_tok, "bos_token", None),
-                "eos_token": getattr(chat_tok, "eos_token", None),
+                "bos_token": chat_table.bos,
+                "eos_token": chat_table.eos,
                 "stop_tokens": [{"id": i, "text": vocab[i] if i < len(vocab) else None} for i in eos],
                 "generation_config": json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else None,
                 "special_rows": {"file": SPECIAL_ROWS, "tokens": special},

@@ -76,7 +76,7 @@ def _sources(vectors: list[tuple[Path, float]], base: Path | None, chat: Path | 
     return [DeltaSource.from_pair(base, chat, ratio)]
 
 
-def _decide_embeddings(plan: MergePlan, mode: str, cp_tok: Any) -> None:
+def _decide_embeddings(plan: MergePlan, mode: str, cp_table: tk.TokenTable) -> None:
     """Per vocab tensor: add (same rows), overlap (shared leading rows, checked) or skip."""
     if mode not in EMBEDDING_MODES:
         raise UsageError(f"unknown --embeddings {mode!r}", fix="Use auto, add, overlap or skip.")
@@ -88,9 +88,9 @@ def _decide_embeddings(plan: MergePlan, mode: str, cp_tok: Any) -> None:
         if chosen == "add" and not same:
             raise UsageError(f"{name} has {cp_rows} rows in the CP model but {src_rows} in the vector", plan.cp.path, "Use --embeddings overlap (shared leading ids) or skip.")
         if chosen == "overlap":
-            cp_vocab = tk.vocabulary(cp_tok)
+            cp_vocab = cp_table.tokens
             for source in plan.sources:
-                chat_vocab = tk.vocabulary(source.chat_tokenizer())
+                chat_vocab = source.chat_tokens().tokens
                 bad = tk.first_vocab_mismatch(cp_vocab, chat_vocab)
                 if bad is not None:
                     raise UsageError(
@@ -110,10 +110,10 @@ def _decide_special_tokens(plan: MergePlan, spec: str) -> None:
     if spec == "none":
         return
     source = plan.sources[0]
-    chat_tok = source.chat_tokenizer()
+    chat_table = source.chat_tokens()
     if spec == "auto":
-        ids = tk.template_special_ids(chat_tok, source.chat_template())
-        ids += [i for i in tk.eos_ids(source.chat_dir, chat_tok) if i not in ids]
+        ids = tk.template_special_ids(chat_table, source.chat_template())
+        ids += [i for i in tk.eos_ids(source.chat_dir, chat_table) if i not in ids]
         pairs = tk.map_by_text(plan.cp_vocab, [(i, plan.chat_vocab[i]) for i in ids if i < len(plan.chat_vocab) and plan.chat_vocab[i]])
     else:
         pairs = []
@@ -142,10 +142,10 @@ def plan_merge(cp_path: Path, sources: list[DeltaSource], *, embeddings: str, sp
     cp = open_checkpoint(cp_path)
     check_compatible(cp, sources)
     plan = MergePlan(cp=cp, sources=sources, dtypes={n: dtype or cp.dtype(n) for n in cp.names()})
-    cp_tok = tk.load_tokenizer(cp.path)
-    plan.cp_vocab = {k: int(v) for k, v in cp_tok.get_vocab().items()}
-    plan.chat_vocab = tk.vocabulary(sources[0].chat_tokenizer())
-    _decide_embeddings(plan, embeddings, cp_tok)
+    cp_table = tk.read_token_table(cp.path)
+    plan.cp_vocab = cp_table.ids()
+    plan.chat_vocab = sources[0].chat_tokens().tokens
+    _decide_embeddings(plan, embeddings, cp_table)
     _decide_special_tokens(plan, special_tokens)
     return plan
 

@@ -29,7 +29,7 @@ class DeltaSource:
     vector: VectorFolder | None = None
     base: Checkpoint | None = None
     chat: Checkpoint | None = None
-    _chat_tok: Any = field(default=None, repr=False)
+    _chat_table: tk.TokenTable | None = field(default=None, repr=False)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -76,10 +76,11 @@ class DeltaSource:
         """Folder with the chat model's tokenizer files and generation_config.json."""
         return self.vector.tokenizer_dir if self.vector else self.chat.path  # type: ignore[union-attr]
 
-    def chat_tokenizer(self) -> Any:
-        if self._chat_tok is None:
-            self._chat_tok = tk.load_tokenizer(self.chat_dir)
-        return self._chat_tok
+    def chat_tokens(self) -> tk.TokenTable:
+        """The chat model's token table (read once)."""
+        if self._chat_table is None:
+            self._chat_table = tk.read_token_table(self.chat_dir)
+        return self._chat_table
 
     def chat_template(self) -> str | None:
         if self.vector:

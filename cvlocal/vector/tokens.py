@@ -8,7 +8,6 @@ chat model's end-of-turn tokens have in the CP vocabulary.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,26 +23,87 @@ SAMPLE_CONVERSATION = [
 ]
 
 
-def load_tokenizer(folder: Path) -> Any:
-    """A transformers tokenizer from a folder, never running remote code.
+@dataclass
+class TokenTable:
+    """A tokenizer's id -> token text table and its added / control tokens, read from its files.
 
-    Imported lazily: transformers is slow to import and only the merge's token checks need it.
+    Read straight from tokenizer.json (or SentencePiece's tokenizer.model) instead of through
+    transformers: a merge only needs the table, and loading a tokenizer through transformers costs
+    seconds (a slow SentencePiece -> fast conversion for many Llama-2 models), which at 1B scale
+    is as long as the merge itself.
     """
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except Exception as err:  # transformers raises many types for a bad folder
-        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0][:160]
-        raise UsageError(f"cannot load the tokenizer ({first})", folder, "Check that the folder has tokenizer.json or tokenizer.model and tokenizer_config.json.") from None
+    tokens: list[str | None]
+    special: set[int]
+    bos: str | None = None
+    eos: str | None = None
+
+    def ids(self) -> dict[str, int]:
+        """Token text -> id (the first id when a text repeats)."""
+        out: dict[str, int] = {}
+        for i, text in enumerate(self.tokens):
+            if text is not None and text not in out:
+                out[text] = i
+        return out
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
-def vocabulary(tok: Any) -> list[str | None]:
-    """Token text of every id the tokenizer knows (added tokens included)."""
-    return list(tok.convert_ids_to_tokens(list(range(len(tok)))))
+def _set(table: list[str | None], i: int, text: str) -> None:
+    if i >= len(table):
+        table.extend([None] * (i + 1 - len(table)))
+    table[i] = text
+
+
+def read_token_table(folder: Path) -> TokenTable:
+    """The token table of a folder's tokenizer (tokenizer.json, else tokenizer.model)."""
+    table: list[str | None] = []
+    special: set[int] = set()
+    tok_json = folder / "tokenizer.json"
+    sp_model = folder / "tokenizer.model"
+    fix = "Check that the folder has the model's tokenizer.json or tokenizer.model."
+    if tok_json.is_file():
+        try:
+            data = json.loads(tok_json.read_text(encoding="utf-8"))
+            vocab = data["model"]["vocab"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise UsageError("not a readable tokenizer.json", tok_json, fix) from None
+        entries = vocab.items() if isinstance(vocab, dict) else ((piece[0], i) for i, piece in enumerate(vocab))
+        for text, i in entries:
+            _set(table, int(i), str(text))
+        for entry in data.get("added_tokens") or []:
+            _set(table, int(entry["id"]), str(entry["content"]))
+            special.add(int(entry["id"]))
+    elif sp_model.is_file():
+        import sentencepiece
+
+        try:
+            sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_model))
+        except (OSError, RuntimeError):
+            raise UsageError("not a readable SentencePiece model", sp_model, fix) from None
+        for i in range(sp.get_piece_size()):
+            _set(table, i, sp.id_to_piece(i))
+            if sp.is_control(i) or sp.is_unknown(i):
+                special.add(i)
+    else:
+        raise UsageError("no tokenizer (tokenizer.json or tokenizer.model)", folder, fix)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            _set(table, int(key), entry["content"])
+            special.add(int(key))
+    return TokenTable(table, special, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
+
+
+def _token_text(value: Any) -> str | None:
+    """tokenizer_config stores a token as a string or as an AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
 
 
 def read_chat_template(folder: Path) -> str | None:
@@ -68,47 +128,60 @@ def read_chat_template(folder: Path) -> str | None:
     return None
 
 
-def render_sample(tok: Any, template: str) -> str:
+def _template_env() -> Any:
+    """A sandboxed Jinja environment with the helpers chat templates expect (as transformers sets up)."""
+    from datetime import datetime
+
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(value, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def render_sample(table: TokenTable, template: str) -> str:
     """The template applied to a sample conversation; without the system turn if it refuses one."""
+    try:
+        compiled = _template_env().from_string(template)
+    except Exception:  # a template jinja cannot parse has no tokens to find
+        return ""
     for conversation in (SAMPLE_CONVERSATION, SAMPLE_CONVERSATION[1:]):
         try:
-            return tok.apply_chat_template(conversation, chat_template=template, tokenize=False, add_generation_prompt=True)
+            return compiled.render(messages=conversation, add_generation_prompt=True, bos_token=table.bos or "", eos_token=table.eos or "")
         except Exception:  # templates raise on roles they do not support
             continue
     return ""
 
 
-def special_ids(tok: Any) -> set[int]:
-    """Ids of the tokenizer's added and special tokens (control tokens a template may emit)."""
-    ids = set(getattr(tok, "all_special_ids", []) or [])
-    ids.update(int(i) for i in getattr(tok, "added_tokens_decoder", {}) or {})
-    return ids
+def template_special_ids(table: TokenTable, template: str | None) -> list[int]:
+    """The added / control tokens the chat template emits, in order of first appearance.
 
-
-def template_special_ids(tok: Any, template: str | None) -> list[int]:
-    """The special tokens that the chat template emits, in order of first use."""
+    Special tokens are matched as whole strings by every tokenizer before any other splitting, so
+    finding their text in the rendered prompt is finding the tokens.
+    """
     if not template:
         return []
-    text = render_sample(tok, template)
-    if not text:
-        return []
-    specials = special_ids(tok)
-    found: list[int] = []
-    for i in tok(text, add_special_tokens=False)["input_ids"]:
-        if i in specials and i not in found:
-            found.append(int(i))
-    return found
+    text = render_sample(table, template)
+    found = [(text.find(table.tokens[i] or "\0"), i) for i in table.special if table.tokens[i]]
+    return [i for pos, i in sorted(found) if pos >= 0]
 
 
-def eos_ids(folder: Path, tok: Any) -> list[int]:
+def eos_ids(folder: Path, table: TokenTable) -> list[int]:
     """End-of-turn ids: generation_config eos_token_id (int or list) plus the tokenizer's eos."""
     ids: list[int] = []
     gen = folder / "generation_config.json"
     if gen.is_file():
         value = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
         ids.extend([value] if isinstance(value, int) else [v for v in value or [] if isinstance(v, int)])
-    if getattr(tok, "eos_token_id", None) is not None and tok.eos_token_id not in ids:
-        ids.append(int(tok.eos_token_id))
+    eos = table.ids().get(table.eos) if table.eos else None
+    if eos is not None and eos not in ids:
+        ids.append(eos)
     return ids
 
 
