@@ -23,7 +23,7 @@ from cvlocal.vector import tokens as tk
 from cvlocal.vector.compat import check_pair
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
 from cvlocal.vector.hf_output import ShardedWriter, parse_size
-from cvlocal.vector.pipeline import Chunk, plan_chunks, run_pipeline
+from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
 from cvlocal.vector.progress_sink import tensor_progress
 from cvlocal.vector.roles import config_signature, is_embedding, is_lm_head
 from cvlocal.vector.sources import DeltaSource
@@ -108,7 +108,8 @@ def extract_vector(
                     writer.write_rows(chunk.name, rows)
                     advance(rows.numel() * rows.element_size(), chunk.last)
                 try:
-                    run_pipeline(chunks, read, compute, write)
+                    with compute_threads(compute_device):
+                        run_pipeline(chunks, read, compute, write)
                 except BaseException:
                     writer.abort()
                     raise

@@ -27,7 +27,7 @@ from cvlocal.vector.card import build_recipe, write_card
 from cvlocal.vector.compat import check_compatible
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
 from cvlocal.vector.hf_output import ShardedWriter, parse_size, tensor_bytes
-from cvlocal.vector.pipeline import Chunk, plan_chunks, run_pipeline
+from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
 from cvlocal.vector.progress_sink import tensor_progress
 from cvlocal.vector.roles import is_embedding, is_lm_head, is_vocab_tensor
 from cvlocal.vector.side_files import chat_eos_text, write_config, write_generation_config, write_tokenizer
@@ -355,10 +355,11 @@ def merge_models(
         for name, mode in plan.embeddings.items():
             say(f"{name}: {mode}", quiet)
         computer = MergeComputer(plan, compute_device)
-        if to_gguf:
-            files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads)
-        else:
-            files = _stream_to_hf(plan, computer, out, max_shard, force, quiet)
+        with compute_threads(compute_device):
+            if to_gguf:
+                files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads)
+            else:
+                files = _stream_to_hf(plan, computer, out, max_shard, force, quiet)
     finally:
         for source in sources:
             source.close()

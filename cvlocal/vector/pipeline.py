@@ -10,10 +10,12 @@ all of them and is re-raised in the caller.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -90,6 +92,24 @@ def _get(q: "queue.Queue[Any]", stop: threading.Event, stage: _Stage | None) -> 
                 if stage.error is not None:
                     raise stage.error
                 return _DONE
+
+
+@contextmanager
+def compute_threads(device: torch.device) -> Iterator[None]:
+    """Leave one core to the reader and writer threads while the CPU computes.
+
+    torch's intra-op threads spin-wait; with as many of them as cores plus the two I/O threads the
+    cores are oversubscribed, which measured slower on 2 cores than a single compute thread.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_pipeline(

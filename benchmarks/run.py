@@ -1,0 +1,843 @@
+"""cvlocal against its peers, side by side in one run: ``make bench`` (``python benchmarks/run.py``).
+
+Every figure is measured for cvlocal and for its peers on the same inputs, in the same run, as the
+median of ``--repeats`` runs (the tools take turns, so a slow minute on a shared machine does not
+land on one tool only), with the page cache warm for the inputs and dirty pages flushed before
+each run. Sections (``--only``):
+
+* ``merge``: one-shot ``cvlocal merge CP --base B --chat C`` against the paper's reference method
+  (``reference_chatvector.py``), mergekit's ``task_arithmetic`` and the I/O floor.
+* ``convert``: ``cvlocal convert`` against llama.cpp's ``convert_hf_to_gguf.py``, f16 and q8_0.
+* ``e2e``: from the three HF folders to a q4_k_m GGUF: cvlocal's one pass against the chain
+  reference merge, llama.cpp convert (f16), llama.cpp quantize.
+* ``equality``: merged tensors against the exact arithmetic and across tools; GGUF tensor data of
+  cvlocal and llama.cpp byte for byte (f16, q8_0).
+* ``chat``: generation rate of ``cvlocal chat --script`` against a bare llama-cpp-python loop, and
+  time to first token at turn 1 and turn 10.
+* ``eval``: items per minute of each ``cvlocal eval`` suite (``--limit``).
+* ``release``: ``cvlocal release --types q4_k_m,q8_0`` against llama.cpp convert + two quantize runs.
+
+A section whose cvlocal command does not exist (yet) is reported as "not available"; a tool that
+fails is reported with its exit status and last error line; neither stops the run. Results go to
+``RESULTS.md`` and ``RESULTS.json``: in ``benchmarks/`` for the full size, in the cache for the
+smaller smoke sizes (``--out`` overrides); sections not re-run are kept from the previous file.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import compare, harness, synthetic  # noqa: E402
+from benchmarks.peers import Peers, Unavailable  # noqa: E402
+
+SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "release")
+MB = 1e6
+GB = 1e9
+ANON_TARGET = 1 * GB
+EVAL_SUITES = ("toxicity", "safety", "instructions", "dialogue")
+CHAT_TURNS = (
+    "Tell me about the weather today.",
+    "請用繁體中文介紹台灣的夜市。",
+    "What did I ask you first?",
+    "Write three short lines about the sea.",
+    "한국어로 인사해 주세요.",
+    "日本語で自己紹介をしてください。",
+    "Summarise our conversation so far.",
+    "Give me a list of five fruits.",
+    "为什么天空是蓝色的？",
+    "Thank you. Say goodbye in one sentence.",
+)
+
+Command = tuple[list[str], dict[str, str]]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One tool in one section: its median figure, or why there is none."""
+
+    tool: str
+    status: str = "ok"  # ok | failed | not available
+    reason: str = ""
+    seconds: float | None = None
+    peak_rss: int | None = None
+    peak_anon: int | None = None
+    runs: list[dict] = field(default_factory=list)
+    metrics: dict[str, float | int | str | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Target:
+    text: str
+    value: str
+    met: bool | None  # None: could not be measured
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "value": self.value, "met": self.met}
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    columns: list[tuple[str, str]] = field(default_factory=list)  # extra metric columns (header, key)
+    relative_to: str | None = "cvlocal"
+
+    def row(self, tool: str) -> Row | None:
+        return next((r for r in self.rows if r.tool == tool), None)
+
+    def as_dict(self) -> dict:
+        return {
+            "title": self.title,
+            "measured_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            "relative_to": self.relative_to,
+            "columns": self.columns,
+            "rows": [r.__dict__ for r in self.rows],
+            "targets": [t.as_dict() for t in self.targets],
+            "notes": self.notes,
+        }
+
+
+def ratio_target(text: str, numerator: Row | None, denominator: Row | None, at_least: float | None = None,
+                 at_most: float | None = None, key: str = "seconds") -> Target:
+    """A target on the ratio of two rows' figures (e.g. mergekit time / cvlocal time >= 2)."""
+    if not (numerator and denominator and numerator.ok and denominator.ok):
+        missing = [r.tool for r in (numerator, denominator) if r is not None and not r.ok]
+        return Target(text, "not measured" + (f" ({', '.join(missing)} not available or failed)" if missing else ""), None)
+    a = numerator.metrics.get(key) if key not in ("seconds",) else numerator.seconds
+    b = denominator.metrics.get(key) if key not in ("seconds",) else denominator.seconds
+    if not a or not b:
+        return Target(text, "not measured", None)
+    value = float(a) / float(b)
+    met = (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
+    return Target(text, f"{value:.2f}x", met)
+
+
+def memory_target(text: str, row: Row | None, limit: float = ANON_TARGET) -> Target:
+    if not row or not row.ok or row.peak_anon is None:
+        return Target(text, "not measured", None)
+    return Target(text, f"{row.peak_anon / MB:,.0f} MB", row.peak_anon < limit)
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Tool:
+    """A contender in a section: a name, and the commands it runs into a fresh work folder."""
+
+    name: str
+    commands: Callable[[Path], list[Command]] | None
+    unavailable: str = ""
+
+
+class Bench:
+    """One benchmark run: the inputs, the peers, a private work folder, and one method per section.
+
+    Outputs a later section reads (merged folders and GGUFs for the equality checks) are kept in
+    ``kept``; the others are dropped as soon as their section is done.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cache: Path = args.cache or synthetic.default_cache()
+        self.size: str = args.size
+        self.repeats: int = args.repeats
+        self.ratio: float = args.ratio
+        self.threads: int = args.threads or os.cpu_count() or 1
+        self.python = sys.executable
+        self.peers = Peers(self.cache, install=not args.no_install)
+        self.work = self.cache / "work" / f"{self.size}-{os.getpid()}"  # per run: two runs never share outputs
+        self.kept: dict[str, Path] = {}
+        self._has: dict[str, bool] = {}
+        self._chat_gguf: Path | str | None = None  # "" once building it failed
+        self.triple: synthetic.Triple | None = None
+        self.env = {
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    # -- helpers --------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        print(f"[bench {datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+    def cvlocal(self, *args: str | Path) -> list[str]:
+        return [self.python, "-m", "cvlocal", *[str(a) for a in args]]
+
+    def has(self, command: str) -> bool:
+        """Whether ``cvlocal COMMAND`` exists (its --help exits 0)."""
+        if command not in self._has:
+            proc = subprocess.run(self.cvlocal(command, "--help"), capture_output=True, env={**os.environ, **self.env},
+                                  cwd=ROOT, timeout=300)
+            self._has[command] = proc.returncode == 0
+        return self._has[command]
+
+    def cvlocal_tool(self, command: str, build: Callable[[Path], list[Command]], name: str = "cvlocal") -> Tool:
+        if self.has(command):
+            return Tool(name, build)
+        return Tool(name, None, f"`cvlocal {command}` does not exist yet")
+
+    def inputs(self) -> synthetic.Triple:
+        if self.triple is None:
+            self.log(f"inputs: synthetic {self.size} triple in {self.cache / 'models' / self.size}")
+            self.triple = synthetic.ensure_triple(self.size, self.cache)
+        return self.triple
+
+    def folder(self, section: str, tool: str) -> Path:
+        return self.work / section / "".join(c if c.isalnum() or c in "-_." else "_" for c in tool)
+
+    def drop(self, section: str, tools: list[Tool]) -> None:
+        """Remove the outputs of a section that no later section reads (they can be GBs)."""
+        for tool in tools:
+            shutil.rmtree(self.folder(section, tool.name), ignore_errors=True)
+            self.kept.pop(f"{section}/{tool.name}", None)
+
+    def fresh(self, section: str, tool: str) -> Path:
+        folder = self.folder(section, tool)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        return folder
+
+    def execute(self, commands: list[Command], timeout: float | None = None) -> harness.Run:
+        steps = []
+        for argv, env in commands:
+            run = harness.run_command(argv, env={**self.env, **env}, cwd=ROOT, timeout=timeout or self.args.timeout,
+                                      keep_stdout=True)
+            steps.append(run)
+            if not run.ok:
+                break
+        return harness.chain(steps)
+
+    def measure(self, section: str, tools: list[Tool], warm_paths: list[Path], repeats: int | None = None,
+                on_run: Callable[[Tool, Path, harness.Run], dict] | None = None) -> list[Row]:
+        """Run every available tool ``repeats`` times, taking turns; the last output of each stays in the work folder."""
+        repeats = repeats or self.repeats
+        rows = {t.name: Row(t.name) for t in tools}
+        live = []
+        for t in tools:
+            if t.commands is None:
+                rows[t.name].status, rows[t.name].reason = "not available", t.unavailable
+            else:
+                live.append(t)
+        metrics: dict[str, list[dict]] = {t.name: [] for t in live}
+        runs: dict[str, list[harness.Run]] = {t.name: [] for t in live}
+        for r in range(repeats):
+            for t in live:
+                row = rows[t.name]
+                if row.status != "ok":
+                    continue
+                out = self.fresh(section, t.name)
+                harness.warm(warm_paths)
+                harness.settle()
+                self.log(f"{section}: {t.name} (run {r + 1}/{repeats})")
+                run = self.execute(t.commands(out))  # type: ignore[misc]
+                self.log(f"{section}: {t.name}: {'ok' if run.ok else f'failed ({run.returncode})'} in {run.seconds:.1f} s, "
+                         f"peak anon {run.peak_anon / MB:,.0f} MB")
+                if not run.ok:
+                    row.status = "failed"
+                    row.reason = f"exit {run.returncode}: {run.stderr_tail.splitlines()[-1] if run.stderr_tail else ''}"[:300]
+                    continue
+                runs[t.name].append(run)
+                if on_run is not None:
+                    try:
+                        metrics[t.name].append(on_run(t, out, run))
+                    except (ValueError, KeyError, TypeError, OSError) as err:
+                        row.status, row.reason = "failed", f"unreadable output: {err}"[:300]
+                self.kept[f"{section}/{t.name}"] = out
+        for t in live:
+            row = rows[t.name]
+            if row.status != "ok" or not runs[t.name]:
+                continue
+            figure = harness.Figure.of(runs[t.name])
+            row.seconds, row.peak_rss, row.peak_anon = figure.seconds, figure.peak_rss, figure.peak_anon
+            per_run = metrics[t.name] if len(metrics[t.name]) == len(runs[t.name]) else [{} for _ in runs[t.name]]
+            row.runs = [{"seconds": round(x.seconds, 3), "peak_rss": x.peak_rss, "peak_anon": x.peak_anon, "metrics": m,
+                         "steps": [{"seconds": round(s.seconds, 3), "peak_rss": s.peak_rss, "peak_anon": s.peak_anon} for s in x.steps]}
+                        for x, m in zip(runs[t.name], per_run)]
+            if metrics[t.name]:
+                keys = metrics[t.name][0].keys()
+                for k in keys:
+                    values = [m[k] for m in metrics[t.name] if isinstance(m.get(k), (int, float))]
+                    row.metrics[k] = statistics.median(values) if values else metrics[t.name][-1].get(k)
+        return [rows[t.name] for t in tools]
+
+    # -- shared command builders ------------------------------------------------------------
+    def reference_cmd(self, out: Path) -> Command:
+        t = self.inputs()
+        return ([self.python, str(HERE / "reference_chatvector.py"), str(t.cp), "--base", str(t.base), "--chat", str(t.chat),
+                 "--ratio", repr(self.ratio), "-o", str(out)], {})
+
+    def llama_convert_cmd(self, model: Path, out: Path, outtype: str) -> Command:
+        conv = self.peers.llama_convert()
+        return (conv.command(model, out, outtype), conv.env)
+
+    def quantize_cmd(self, source: Path, out: Path, qtype: str) -> Command:
+        return (self.peers.quantize_command(self.python, source, out, qtype, self.threads), {})
+
+    def llama_tool(self, name: str, build: Callable[[Path], list[Command]]) -> Tool:
+        try:
+            self.peers.llama_convert()
+        except Unavailable as err:
+            return Tool(name, None, f"llama.cpp converter: {err}")
+        return Tool(name, build)
+
+    # -- merge ------------------------------------------------------------------------------
+    def merge_tools(self) -> list[Tool]:
+        t = self.inputs()
+        tools = [self.cvlocal_tool("merge", lambda out: [(self.cvlocal("merge", t.cp, "--base", t.base, "--chat", t.chat, "--ratio",
+                                                                        repr(self.ratio), "--special-tokens", "none", "-o",
+                                                                        out / "merged", "--quiet"), {})])]
+        tools.append(Tool("reference (paper)", lambda out: [self.reference_cmd(out / "merged")]))
+        try:
+            mergekit = self.peers.mergekit()
+
+            def mk(out: Path) -> list[Command]:
+                config = out / "task_arithmetic.yml"
+                config.write_text(mergekit_config(t, self.ratio))
+                return [([str(mergekit), str(config), str(out / "merged")], {})]
+
+            tools.append(Tool("mergekit task_arithmetic", mk))
+        except Unavailable as err:
+            tools.append(Tool("mergekit task_arithmetic", None, str(err)))
+        tools.append(Tool("I/O floor", lambda out: [([self.python, str(HERE / "io_floor.py"), str(t.cp), str(t.base), str(t.chat),
+                                                       str(out / "merged")], {})]))
+        return tools
+
+    def section_merge(self) -> Section:
+        t = self.inputs()
+        s = Section("merge", "Merge: one-shot chat vector (cp + r * (chat - base)) into an HF folder")
+        s.rows = self.measure("merge", self.merge_tools(), list(t.folders()))
+        cv, ref, mk, floor = (s.row(n) for n in ("cvlocal", "reference (paper)", "mergekit task_arithmetic", "I/O floor"))
+        s.targets = [
+            ratio_target("cvlocal at least 2x faster than mergekit (mergekit time / cvlocal time >= 2)", mk, cv, at_least=2),
+            ratio_target("cvlocal at least 2x faster than the paper's reference (reference time / cvlocal time >= 2)", ref, cv, at_least=2),
+            ratio_target("cvlocal within 1.5x of the I/O floor (cvlocal time / floor time <= 1.5)", cv, floor, at_most=1.5),
+            memory_target("cvlocal peak anonymous memory under 1 GB", cv),
+        ]
+        s.notes.append(f"ratio r = {self.ratio}; input {harness.size_of(t.folders()) / GB:.2f} GB (three models), "
+                       f"one model {harness.size_of([t.cp]) / GB:.2f} GB.")
+        s.notes.append("cvlocal runs with --special-tokens none so that its arithmetic is exactly the peers' (its default gives the "
+                       "chat template's special tokens the chat model's rows, which neither peer does).")
+        s.notes.append("mergekit: task_arithmetic with base_model = base, models cp (weight 1) and chat (weight r), "
+                       "normalize false, dtype float32, out_dtype bfloat16: out = base + (cp - base) + r (chat - base).")
+        self.drop("merge", [Tool("I/O floor", None)])
+        return s
+
+    # -- convert ----------------------------------------------------------------------------
+    def convert_tools(self, outtype: str) -> list[Tool]:
+        """cvlocal's and llama.cpp's conversion of the chat model to ``model-OUTTYPE.gguf``."""
+        t = self.inputs()
+        name = f"model-{outtype}.gguf"
+        return [
+            self.cvlocal_tool("convert", lambda out: [(self.cvlocal(
+                "convert", t.chat, "-o", out / name, "--outtype", outtype, "--threads", str(self.threads), "--quiet"), {})],
+                name=f"cvlocal {outtype}"),
+            self.llama_tool(f"llama.cpp {outtype}", lambda out: [self.llama_convert_cmd(t.chat, out / name, outtype)]),
+        ]
+
+    def section_convert(self) -> Section:
+        t = self.inputs()
+        s = Section("convert", "Convert: HF folder (the chat model) to GGUF")
+        s.relative_to = None
+        tools = self.convert_tools("f16") + self.convert_tools("q8_0")
+        s.rows = self.measure("convert", tools, [t.chat])
+        for outtype in ("f16", "q8_0"):
+            cv, ll = s.row(f"cvlocal {outtype}"), s.row(f"llama.cpp {outtype}")
+            s.targets.append(ratio_target(f"cvlocal {outtype} no slower than llama.cpp (llama.cpp time / cvlocal time >= 1)", ll, cv, at_least=1))
+            s.targets.append(memory_target(f"cvlocal {outtype} peak anonymous memory under 1 GB", cv))
+        s.notes.append("Each cvlocal row is compared with the llama.cpp row of the same type; byte equality is in the equality section.")
+        return s
+
+    # -- end to end -------------------------------------------------------------------------
+    def section_e2e(self) -> Section:
+        t = self.inputs()
+        s = Section("e2e", "End to end: three HF folders to a q4_k_m GGUF")
+        tools = [self.cvlocal_tool("merge", lambda out: [(self.cvlocal(
+            "merge", t.cp, "--base", t.base, "--chat", t.chat, "--ratio", repr(self.ratio), "--special-tokens", "none",
+            "-o", out / "merged-q4_k_m.gguf",
+            "--outtype", "q4_k_m", "--threads", str(self.threads), "--quiet"), {})], name="cvlocal one pass")]
+        tools.append(self.llama_tool("chain: reference merge + llama.cpp convert f16 + quantize", lambda out: [
+            self.reference_cmd(out / "merged"),
+            self.llama_convert_cmd(out / "merged", out / "merged-f16.gguf", "f16"),
+            self.quantize_cmd(out / "merged-f16.gguf", out / "merged-q4_k_m.gguf", "q4_k_m"),
+        ]))
+        s.rows = self.measure("e2e", tools, list(t.folders()))
+        s.relative_to = "cvlocal one pass"
+        cv, chain = s.rows
+        s.targets = [ratio_target("cvlocal one pass at least 1.5x faster than the chain (chain time / cvlocal time >= 1.5)", chain, cv, at_least=1.5),
+                     memory_target("cvlocal one pass peak anonymous memory under 1 GB", cv)]
+        if chain.ok and chain.runs:
+            steps = chain.runs[-1]["steps"]
+            s.notes.append("chain steps (last run): " + ", ".join(
+                f"{n} {st['seconds']:.1f} s / {st['peak_anon'] / MB:,.0f} MB anon" for n, st in zip(("merge", "convert", "quantize"), steps)))
+        s.notes.append("quantize: llama.cpp's llama_model_quantize (the function llama-quantize calls) through benchmarks/llama_quantize.py.")
+        self.drop("e2e", tools)
+        return s
+
+    # -- equality ---------------------------------------------------------------------------
+    def _output(self, key: str, tool: Tool | None) -> Path | None:
+        """The kept output of a tool from an earlier section of this run, or produce it once now."""
+        if key in self.kept:
+            return self.kept[key]
+        if tool is None or tool.commands is None:
+            return None
+        section, name = key.split("/", 1)
+        out = self.fresh(section, name)
+        self.log(f"equality: producing {key}")
+        run = self.execute(tool.commands(out))
+        if not run.ok:
+            return None
+        self.kept[key] = out
+        return out
+
+    def section_equality(self) -> Section:
+        t = self.inputs()
+        s = Section("equality", "Output equality")
+        s.relative_to = None
+        merge_tools = {tool.name: tool for tool in self.merge_tools()}
+        merged: dict[str, Path | None] = {}
+        for name in ("cvlocal", "mergekit task_arithmetic", "reference (paper)"):
+            out = self._output(f"merge/{name}", merge_tools.get(name))
+            merged[name] = out / "merged" if out else None
+        present = {name: folder for name, folder in merged.items() if folder is not None}
+        pairs = [("cvlocal", other) for other in ("mergekit task_arithmetic", "reference (paper)")
+                 if "cvlocal" in present and other in present]
+        self.log("equality: merged tensors")
+        diffs = compare.compare_merges(present, t.cp, t.base, t.chat, self.ratio, pairs) if present else {}
+        for name in merged:
+            row = Row(f"merged {name} vs exact arithmetic")
+            if name not in diffs:
+                row.status, row.reason = "not available", (merge_tools[name].unavailable or "its merge failed")
+            else:
+                row.metrics = {"result": diffs[name].summary()}
+                row.runs = [diffs[name].as_dict()]
+            s.rows.append(row)
+        for other in ("mergekit task_arithmetic", "reference (paper)"):
+            row = Row(f"merged cvlocal vs {other}")
+            key = f"cvlocal vs {other}"
+            if key not in diffs:
+                row.status, row.reason = "not available", "an output is missing"
+            else:
+                row.metrics = {"result": diffs[key].summary()}
+                row.runs = [diffs[key].as_dict()]
+            s.rows.append(row)
+        exact_cv = s.rows[0]
+        s.targets.append(Target("cvlocal merged tensors bit-equal to the exact arithmetic (float32, rounded once)",
+                                str(exact_cv.metrics.get("result", "not measured")),
+                                exact_cv.runs[0]["identical"] if exact_cv.ok and exact_cv.runs else None))
+        mk_row = s.rows[3]
+        s.targets.append(Target("cvlocal merged tensors bit-equal to mergekit's (same arithmetic)",
+                                str(mk_row.metrics.get("result", "not measured")),
+                                mk_row.runs[0]["identical"] if mk_row.ok and mk_row.runs else None))
+        s.notes.append("The paper's reference computes chat - base and the sum in bf16 (two roundings), so it is not expected "
+                       "to be bit-equal; its row shows how far it is from the exact result.")
+
+        for outtype in ("f16", "q8_0"):
+            conv = {}
+            for tool in self.convert_tools(outtype):
+                folder = self._output(f"convert/{tool.name}", tool)
+                conv[tool.name] = folder / f"model-{outtype}.gguf" if folder else None
+            row = Row(f"GGUF {outtype}: cvlocal vs llama.cpp tensor data")
+            a, b = conv[f"cvlocal {outtype}"], conv[f"llama.cpp {outtype}"]
+            if a is None or b is None or not a.is_file() or not b.is_file():
+                row.status, row.reason = "not available", "an output is missing (converter not available or failed)"
+                s.targets.append(Target(f"GGUF {outtype} tensor data byte-identical to llama.cpp's", "not measured", None))
+            else:
+                diff = compare.compare_gguf(a, b)
+                keys = compare.gguf_metadata_keys(a, b)
+                row.metrics = {"result": diff.summary()}
+                row.runs = [diff.as_dict() | {"metadata_keys": keys}]
+                s.targets.append(Target(f"GGUF {outtype} tensor data byte-identical to llama.cpp's", diff.summary(), diff.identical))
+                if keys["only_left"] or keys["only_right"]:
+                    s.notes.append(f"{outtype} metadata keys only in cvlocal's file: {', '.join(keys['only_left']) or 'none'}; "
+                                   f"only in llama.cpp's: {', '.join(keys['only_right']) or 'none'}.")
+            s.rows.append(row)
+        s.columns = [("result", "result")]
+        return s
+
+    # -- a GGUF for chat and eval ---------------------------------------------------------------
+    def chat_gguf(self) -> Path | None:
+        """The size's chat model at q4_k_m, built once per cache (llama.cpp's tools if present, else cvlocal's)."""
+        if self._chat_gguf is None:
+            self._chat_gguf = self._build_chat_gguf()
+        return self._chat_gguf or None
+
+    def _build_chat_gguf(self) -> Path | str:
+        t = self.inputs()
+        target = self.cache / "gguf" / self.size / "chat-q4_k_m.gguf"
+        marker = target.with_suffix(".json")
+        stamp = json.dumps(synthetic._marker(self.size, synthetic.SIZES[self.size]))
+        if target.is_file() and marker.is_file() and marker.read_text() == stamp:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_f16 = target.parent / "chat-f16.gguf"
+        try:
+            commands = [self.llama_convert_cmd(t.chat, tmp_f16, "f16"), self.quantize_cmd(tmp_f16, target, "q4_k_m")]
+        except Unavailable:
+            if not self.has("convert"):
+                return ""
+            commands = [(self.cvlocal("convert", t.chat, "-o", target, "--outtype", "q4_k_m", "--force", "--quiet"), {})]
+        self.log(f"building {target}")
+        run = self.execute(commands)
+        tmp_f16.unlink(missing_ok=True)
+        if not run.ok:
+            last = run.stderr_tail.splitlines()[-1] if run.stderr_tail else f"exit {run.returncode}"
+            self.log(f"could not build {target}: {last}")
+            return ""
+        marker.write_text(stamp)
+        return target
+
+    # -- chat -------------------------------------------------------------------------------
+    def section_chat(self) -> Section:
+        s = Section("chat", "Chat: generation rate and time to first token")
+        s.columns = [("gen rate (tok/s)", "gen_rate"), ("TTFT turn 1 (s)", "ttft_1"), ("TTFT turn 10 (s)", "ttft_10"),
+                     ("tokens generated", "completion_tokens")]
+        model = self.chat_gguf()
+        if model is None:
+            s.rows = [Row("cvlocal chat --script", "not available", "no GGUF could be built for the chat model"),
+                      Row("bare llama-cpp-python loop", "not available", "no GGUF")]
+            return s
+        max_tokens = self.args.chat_tokens
+        script = self.work / "chat-script.txt"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text("\n".join(CHAT_TURNS) + "\n", encoding="utf-8")
+        ctx = 4096
+
+        def metrics(tool: Tool, out: Path, run: harness.Run) -> dict:
+            text = run.stdout if tool is cv else run.stdout.strip().splitlines()[-1]
+            return turn_metrics(json.loads(text)["turns"])
+
+        cv = self.cvlocal_tool("chat", lambda out: [(self.cvlocal(
+            "chat", model, "--script", script, "--json", "--quiet", "--temperature", "0", "--max-tokens", str(max_tokens),
+            "--threads", str(self.threads), "--ctx", str(ctx), "--seed", "0"), {})], name="cvlocal chat --script")
+        bare = Tool("bare llama-cpp-python loop", lambda out: [([self.python, str(HERE / "chat_loop.py"), str(model), str(script),
+                                                                  "--max-tokens", str(max_tokens), "--threads", str(self.threads),
+                                                                  "--ctx", str(ctx)], {})])
+        s.rows = self.measure("chat", [cv, bare], [model], on_run=metrics)
+        s.relative_to = "cvlocal chat --script"
+        cvr, bar = s.rows
+        if cvr.ok and bar.ok and cvr.metrics.get("gen_rate") and bar.metrics.get("gen_rate"):
+            overhead = 1 - float(cvr.metrics["gen_rate"]) / float(bar.metrics["gen_rate"])
+            s.targets.append(Target("cvlocal chat generation-rate overhead under 5% against the bare loop", f"{100 * overhead:.1f}%", overhead < 0.05))
+        else:
+            s.targets.append(Target("cvlocal chat generation-rate overhead under 5% against the bare loop", "not measured", None))
+        if cvr.ok and cvr.metrics.get("ttft_1") and cvr.metrics.get("ttft_10"):
+            growth = float(cvr.metrics["ttft_10"]) / float(cvr.metrics["ttft_1"])
+            s.targets.append(Target("cvlocal time to first token at turn 10 within 1.5x of turn 1", f"{growth:.2f}x", growth <= 1.5))
+        else:
+            s.targets.append(Target("cvlocal time to first token at turn 10 within 1.5x of turn 1", "not measured", None))
+        s.notes.append(f"GGUF: {model.name} ({model.stat().st_size / MB:,.0f} MB), greedy, at most {max_tokens} tokens per reply, "
+                       f"{len(CHAT_TURNS)} turns (English, Chinese, Korean, Japanese), {self.threads} threads, context {ctx}. "
+                       "Generation rate: tokens per second after the first token, median over turns; time and memory are "
+                       "the whole process (model load included).")
+        return s
+
+    # -- eval -------------------------------------------------------------------------------
+    def section_eval(self) -> Section:
+        s = Section("eval", "Evaluation: items per minute per suite")
+        s.columns = [("items", "items"), ("items / minute", "items_per_minute")]
+        s.relative_to = None
+        model = self.chat_gguf()
+        limit = self.args.eval_limit
+        tools = []
+        for suite in EVAL_SUITES:
+            if model is None:
+                tools.append(Tool(f"cvlocal eval {suite}", None, "no GGUF could be built for the chat model"))
+                continue
+            tools.append(self.cvlocal_tool("eval", lambda out, su=suite: [(self.cvlocal(
+                "eval", model, "--suite", su, "--limit", str(limit), "--out", out / "report", "--quiet"), {})],
+                name=f"cvlocal eval {suite}"))
+
+        def rate(tool: Tool, out: Path, run: harness.Run) -> dict:
+            items = count_items(out / "report") or limit
+            return {"items": items, "items_per_minute": items * 60 / run.seconds}
+
+        s.rows = self.measure("eval", tools, [model] if model else [], repeats=1, on_run=rate)
+        s.notes.append(f"`--limit {limit}`: the first {limit} item(s) of each suite in each language, on "
+                       f"{model.name if model else 'no model'}; one run per suite (a rate over many items needs no median). "
+                       "The time includes loading the model. Random weights never emit end of sequence, so every reply runs "
+                       "to the suite's max_tokens: a real model is faster per item.")
+        return s
+
+    # -- release ----------------------------------------------------------------------------
+    def section_release(self) -> Section:
+        t = self.inputs()
+        s = Section("release", "Release: q4_k_m and q8_0 from an HF folder (the chat model)")
+        tools = [self.cvlocal_tool("release", lambda out: [(self.cvlocal(
+            "release", t.chat, "-o", out / "release", "--types", "q4_k_m,q8_0", "--threads", str(self.threads), "--quiet",
+            "--json"), {})],
+            name="cvlocal release (with quality table)")]
+        tools.append(self.llama_tool("chain: llama.cpp convert f16 + 2 quantize (no table)", lambda out: [
+            self.llama_convert_cmd(t.chat, out / "f16.gguf", "f16"),
+            self.quantize_cmd(out / "f16.gguf", out / "q4_k_m.gguf", "q4_k_m"),
+            self.quantize_cmd(out / "f16.gguf", out / "q8_0.gguf", "q8_0"),
+        ]))
+        stages: dict[str, object] = {}
+
+        def stage_times(tool: Tool, out: Path, run: harness.Run) -> dict:
+            if tool is tools[0]:
+                try:
+                    stages["seconds"] = json.loads(run.stdout).get("seconds")
+                except (ValueError, AttributeError):
+                    pass
+            return {}
+
+        s.rows = self.measure("release", tools, [t.chat], on_run=stage_times)
+        s.relative_to = s.rows[0].tool
+        if isinstance(stages.get("seconds"), dict):
+            s.notes.append("cvlocal release stages (its own --json, last run): " + ", ".join(
+                f"{k} {v:.1f} s" for k, v in stages["seconds"].items() if isinstance(v, (int, float))))
+        s.targets = [ratio_target("cvlocal release no slower than the chain (chain time / cvlocal time >= 1)", s.rows[1], s.rows[0], at_least=1)]
+        self.drop("release", tools)
+        return s
+
+
+def mergekit_config(t: synthetic.Triple, ratio: float) -> str:
+    return (
+        "merge_method: task_arithmetic\n"
+        f"base_model: {t.base}\n"
+        "models:\n"
+        f"  - model: {t.cp}\n"
+        "    parameters:\n      weight: 1.0\n"
+        f"  - model: {t.chat}\n"
+        f"    parameters:\n      weight: {ratio!r}\n"
+        "parameters:\n  normalize: false\n"
+        "dtype: float32\n"
+        "out_dtype: bfloat16\n"
+    )
+
+
+def turn_metrics(turns: list[dict]) -> dict:
+    """Median generation rate over turns, TTFT of turn 1 and of the last turn, tokens generated."""
+    rates = [float(x["gen_rate"]) for x in turns if x.get("gen_rate")]
+    return {
+        "gen_rate": statistics.median(rates) if rates else None,
+        "ttft_1": float(turns[0]["ttft_s"]) if turns else None,
+        "ttft_10": float(turns[-1]["ttft_s"]) if turns else None,
+        "completion_tokens": sum(int(x.get("completion_tokens") or 0) for x in turns),
+        "turns": len(turns),
+    }
+
+
+def count_items(report_dir: Path) -> int | None:
+    """Items scored, from the eval report if it says (a list of per-item results or an item count)."""
+    report = report_dir / "report.json"
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found: list[int] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("items", "n_items", "count") and isinstance(v, int):
+                    found.append(v)
+                elif k == "items" and isinstance(v, list):
+                    found.append(len(v))
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(data)
+    return max(found) if found else None
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_mb(value: int | None) -> str:
+    return "" if value is None else f"{value / MB:,.0f}"
+
+
+def fmt_num(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def render(results: dict) -> str:
+    shape = synthetic.SIZES[results["size"]]
+    lines = [
+        "# cvlocal benchmarks",
+        "",
+        f"Generated by `benchmarks/run.py --size {results['size']}` on {results['generated_at']}; "
+        f"medians of {results['settings']['repeats']} run(s) per figure (\"runs\": fastest to slowest); all tools run one at a "
+        "time on the same inputs, taking turns, "
+        "page cache warm, dirty pages flushed before each run. Time is wall time; peak RSS and peak anonymous memory "
+        "(RssAnon) are summed over the process tree, sampled every 20 ms; MB = 10^6 bytes.",
+        "",
+        f"Inputs: synthetic LlamaForCausalLM triple `{results['size']}` (hidden {shape.hidden}, intermediate {shape.intermediate}, "
+        f"{shape.layers} layers, {shape.heads} heads, {shape.kv_heads} kv heads, vocab {shape.vocab}, bf16, "
+        f"{synthetic.parameter_count(shape) / 1e9:.3f} B parameters per model), ratio r = {results['settings']['ratio']}, "
+        f"{results['settings']['threads']} threads.",
+        "",
+    ]
+    if results["size"] != "full":
+        lines += ["**Smoke run at a reduced size**: start-up (importing torch, transformers, llama.cpp) dominates every "
+                  "figure here; the targets are about the full 1.1B size.", ""]
+    lines += [
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+    ]
+    for k, v in results["machine"].items():
+        lines.append(f"| {k} | {v if v is not None else 'n/a'} |")
+    missed: list[str] = []
+    for name in SECTIONS:
+        sec = results["sections"].get(name)
+        if not sec:
+            continue
+        lines += ["", f"## {sec['title']}", "", f"_measured {sec['measured_at']}_", ""]
+        extra = [tuple(c) for c in sec.get("columns") or []]
+        rel = sec.get("relative_to")
+        base_row = next((r for r in sec["rows"] if r["tool"] == rel and r["status"] == "ok"), None) if rel else None
+        timed = name != "equality"
+        header = ["tool"]
+        if timed:
+            header += ["time (s)", "runs (s)"] + ([f"time / {rel} time"] if base_row else []) + ["peak RSS (MB)", "peak anon (MB)"]
+        header += [h for h, _ in extra] + ["status"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + " --- |" * len(header))
+        for r in sec["rows"]:
+            cells = [r["tool"]]
+            if timed:
+                cells.append(fmt_num(r["seconds"]) if r["seconds"] is not None else "")
+                times = sorted(run["seconds"] for run in r["runs"])
+                cells.append(f"{fmt_num(times[0])} to {fmt_num(times[-1])}" if len(times) > 1 else "")
+                if base_row:
+                    cells.append(f"{r['seconds'] / base_row['seconds']:.2f}x" if r["seconds"] and base_row["seconds"] else "")
+                cells += [fmt_mb(r["peak_rss"]), fmt_mb(r["peak_anon"])]
+            cells += [fmt_num(r["metrics"].get(k)) for _, k in extra]
+            cells.append(r["status"] + (f": {r['reason']}" if r["reason"] else ""))
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        if sec["targets"]:
+            lines += ["", "Targets:", ""]
+            for tg in sec["targets"]:
+                mark = {True: "met", False: "MISSED", None: "not measured"}[tg["met"]]
+                lines.append(f"- **{mark}**: {tg['text']}: {tg['value']}")
+                if tg["met"] is False:
+                    missed.append(f"{name}: {tg['text']}: {tg['value']}")
+        if sec["notes"]:
+            lines += [""] + [f"- {n}" for n in sec["notes"]]
+    lines += ["", "## Missed targets", ""]
+    lines += [f"- {m}" for m in missed] if missed else ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(sections: list[Section], bench: Bench, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "RESULTS.json", out_dir / "RESULTS.md"
+    previous: dict = {}
+    if json_path.is_file():
+        try:
+            previous = json.loads(json_path.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+    kept = previous.get("sections", {}) if previous.get("size") == bench.size else {}
+    results = {
+        "size": bench.size,
+        "generated_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "settings": {"repeats": bench.repeats, "ratio": bench.ratio, "threads": bench.threads},
+        "machine": harness.describe_machine(bench.python, bench.peers.versions()),
+        "sections": {**kept, **{s.name: s.as_dict() for s in sections}},
+    }
+    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    md_path.write_text(render(results), encoding="utf-8")
+    return md_path, json_path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="cvlocal against its peers, side by side (writes RESULTS.md and RESULTS.json).")
+    p.add_argument("--size", choices=list(synthetic.SIZES), default="full", help="synthetic model size (default full: the 1.1B shape)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    p.add_argument("--ratio", type=float, default=1.0, help="chat-vector ratio r (default 1.0)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every tool (default: all cores)")
+    p.add_argument("--cache", type=Path, default=None, help="models, peers and work files (default $CVLOCAL_BENCH_CACHE or ~/.cache/cvlocal-bench)")
+    p.add_argument("--out", type=Path, default=None, help="folder for RESULTS.md/.json (default: benchmarks/ for full size, the cache otherwise)")
+    p.add_argument("--no-install", action="store_true", help="do not install missing peers; report them as not available")
+    p.add_argument("--keep", action="store_true", help="keep the tools' outputs in the cache's work folder")
+    p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before one command is killed")
+    p.add_argument("--chat-tokens", type=int, default=64, help="longest reply per chat turn (default 64)")
+    p.add_argument("--eval-limit", type=int, default=2, help="cvlocal eval --limit: items per suite and language (default 2)")
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
+
+
+def remove_stale_work(folder: Path) -> None:
+    """Remove work folders left by runs that were killed (their process is gone)."""
+    import psutil
+
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        pid = child.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    remove_stale_work(bench.work.parent)
+    bench.inputs()
+    sections: list[Section] = []
+    try:
+        for name in SECTIONS:
+            if name in args.sections:
+                bench.log(f"section {name}")
+                sections.append(getattr(bench, f"section_{name}")())
+    finally:
+        if not args.keep:
+            shutil.rmtree(bench.work, ignore_errors=True)
+        if sections:
+            out_dir = args.out or (HERE if args.size == "full" else bench.cache / "results" / args.size)
+            md, js = write_results(sections, bench, out_dir)
+            bench.log(f"wrote {md} and {js}")
+            print(md.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
