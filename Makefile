@@ -23,7 +23,7 @@ $(VENV)/.created:
 	touch $@
 
 # pip's wheel cache ignores CMAKE_ARGS, so the wheel is built without the cache into a git-ignored folder.
-$(WHEELS)/.built: $(VENV)/.created
+$(WHEELS)/.built: | $(VENV)/.created
 	mkdir -p $(WHEELS)
 	rm -f $(WHEELS)/llama_cpp_python-*.whl
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \

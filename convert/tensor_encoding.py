@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from convert.gguf_constants import GGMLType
+from convert.ggml_native import native_q8_0
 from convert.quantize_q8 import quantize_q8_0
 
 # 4 Mi float32 values (16 MiB) per slab: big enough that numpy's per-call overhead vanishes,
@@ -100,6 +101,6 @@ def encode(tensor: torch.Tensor, ggml_type: GGMLType, threads: int | None = None
         elif ggml_type == GGMLType.BF16:
             yield _in_parallel(_bf16_bytes, slab.to(torch.float32).numpy(), threads)
         elif ggml_type == GGMLType.Q8_0:
-            yield _in_parallel(quantize_q8_0, slab.to(torch.float32).numpy(), threads)
+            yield _in_parallel(native_q8_0() or quantize_q8_0, slab.to(torch.float32).numpy(), threads)
         else:
             raise ValueError(f"convert writes only {', '.join(t.name for t in DIRECT_TYPES)}, not {ggml_type.name}")

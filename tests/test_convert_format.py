@@ -238,3 +238,16 @@ def test_model_card_gives_license_and_base_models(tmp_path: Path):
     assert meta["general.base_model.0.repo_url"] == "https://huggingface.co/meta-llama/Meta-Llama-3-8B"
     assert meta["general.base_model.1.name"] == "zh-cp"
     assert (meta["general.basename"], meta["general.size_label"], meta["general.finetune"]) == ("Llama-3", "8B", "zh-CP")
+
+
+def test_numpy_q8_0_equals_ggml_c_reference():
+    """The numpy fallback against ggml's own C quantizer (the one the converter uses when present)."""
+    from convert.ggml_native import native_q8_0
+
+    native = native_q8_0()
+    assert native is not None, "llama-cpp-python's ggml library was not found"
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((64, 256)) * rng.uniform(0.001, 30, (64, 1))).astype(np.float32)
+    x[3, :32] = 0.0
+    x[5, 7] = 1e-30
+    assert np.array_equal(native(x), quantize_q8_0(x))
