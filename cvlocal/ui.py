@@ -30,6 +30,15 @@ def say(message: str, quiet: bool = False) -> None:
         stderr.print(message)
 
 
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as disk sizes and model cards use)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def warn(message: str) -> None:
     """A warning is shown even with --quiet: it changes what the user should believe."""
     stderr.print(f"[yellow]warning:[/yellow] {message}")

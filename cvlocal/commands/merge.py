@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cvlocal.ui import say
+from cvlocal.ui import human_bytes, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -59,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        say(f"wrote {summary['output']}: {summary['tensors']} tensors, {summary['bytes'] / 1e9:.2f} GB, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
+        say(f"wrote {', '.join(summary['files']) if summary.get('format') == 'gguf' else summary['output']}: {summary['tensors']} tensors, {human_bytes(summary['bytes'])}, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
     return 0
