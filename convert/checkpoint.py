@@ -194,9 +194,8 @@ def load_bin(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix."""
-    folder = Path(path)
+def read_config(folder: Path) -> dict[str, Any]:
+    """A model folder's config.json, or a one-line ConvertError saying what is wrong with the folder."""
     if not folder.exists():
         raise ConvertError("folder not found", folder, "Check the path.")
     if not folder.is_dir():
@@ -206,8 +205,14 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise ConvertError("no config.json", folder, "Pass a Hugging Face model folder that has config.json.")
     config = load_json(config_path)
     if not isinstance(config, dict):
-        raise ConvertError("config.json is not a JSON object", config_path)
-    ckpt = Checkpoint(path=folder, config=config)
+        raise ConvertError("config.json is not a JSON object", config_path, "Repair or re-download it.")
+    return config
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix."""
+    folder = Path(path)
+    ckpt = Checkpoint(path=folder, config=read_config(folder))
 
     if (folder / SAFETENSORS_INDEX).is_file():
         index_path = folder / SAFETENSORS_INDEX

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from convert.architectures import ARCHITECTURES, Architecture, supported
-from convert.checkpoint import load_json
+from convert.checkpoint import read_config
 from convert.errors import ConvertError
 from convert.gguf_constants import GGML_QUANT_VERSION, GGMLType, GGUFValueType, Keys, key_type
 from convert.gguf_writer import GGUFWriter
@@ -47,21 +47,14 @@ class Conversion:
 
 def load_config(folder: Path) -> tuple[dict[str, Any], Architecture]:
     """config.json (a multimodal config's ``text_config`` merged in) and its architecture table."""
-    if not folder.is_dir():
-        raise ConvertError("folder not found", folder, "Pass the model folder (the one with config.json).")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ConvertError("no config.json", folder, "Pass a Hugging Face model folder that has config.json.")
-    config = load_json(config_path)
-    if not isinstance(config, dict):
-        raise ConvertError("config.json is not a JSON object", config_path, "Repair or re-download it.")
+    config = read_config(folder)
     if isinstance(config.get("text_config"), dict):
         config = {**config, **config["text_config"]}
     names = config.get("architectures") or []
     name = names[0] if isinstance(names, list) and names else None
     if name not in ARCHITECTURES:
         shown = repr(name) if name else "not given"
-        raise ConvertError(f"unsupported architecture ({shown})", config_path, f"Supported: {supported()}.")
+        raise ConvertError(f"unsupported architecture ({shown})", folder / "config.json", f"Supported: {supported()}.")
     return config, ARCHITECTURES[name]
 
 

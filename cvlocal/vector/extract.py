@@ -17,14 +17,13 @@ import torch
 
 from cvlocal import __version__
 from convert.atomic import atomic_output, check_output_path
-from convert.checkpoint import TOKENIZER_FILES, Checkpoint, open_checkpoint
+from convert.checkpoint import TOKENIZER_FILES, Checkpoint
 from convert.safetensors_format import StreamingWriter
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.compat import check_pair
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
-from cvlocal.vector.hf_output import ShardedWriter, parse_size
-from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
-from cvlocal.vector.progress_sink import tensor_progress
+from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
+from cvlocal.vector.pipeline import Chunk, compute_threads
 from cvlocal.vector.roles import config_signature, is_embedding, is_lm_head
 from cvlocal.vector.sources import DeltaSource
 from cvlocal.vector.side_files import write_config
@@ -93,8 +92,6 @@ def extract_vector(
         names = chat_ck.names()
         dtypes = {n: torch_dtype or chat_ck.dtype(n) for n in names}
         tensors = [(n, dtypes[n], chat_ck.shape(n)) for n in names]
-        chunks = plan_chunks((n, s) for n, _, s in tensors)
-
         def compute(chunk: Chunk, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
             return DeltaSource.to_delta(parts, compute_device).to(dtypes[chunk.name]).cpu()
 
@@ -102,18 +99,8 @@ def extract_vector(
             return source.read(chunk.name, chunk.start, chunk.stop)
 
         with atomic_output(out, directory=True, force=force) as tmp:
-            writer = ShardedWriter(tmp, tensors, max_shard)
-            with tensor_progress("extract", writer.total, len(tensors), quiet) as advance:
-                def write(chunk: Chunk, rows: torch.Tensor) -> None:
-                    writer.write_rows(chunk.name, rows)
-                    advance(rows.numel() * rows.element_size(), chunk.last)
-                try:
-                    with compute_threads(compute_device):
-                        run_pipeline(chunks, read, compute, write)
-                except BaseException:
-                    writer.abort()
-                    raise
-            files = writer.close()
+            with compute_threads(compute_device):
+                files = stream_to_folder(tmp, tensors, max_shard, read, compute, "extract", quiet)
             main_dtype = torch_dtype or max({d for _, d, _ in tensors}, key=lambda d: sum(chat_ck.nbytes(n) for n, dd, _ in tensors if dd == d))
             write_config(tmp, chat_ck.config, main_dtype, [])
             _copy_chat_side(chat_ck, tmp / TOKENIZER_DIR)
@@ -148,7 +135,7 @@ def extract_vector(
         "output": str(out),
         "files": files,
         "tensors": len(tensors),
-        "bytes": writer.total,
+        "bytes": sum(tensor_bytes(d, s) for _, d, s in tensors),
         "dtype": dtype_name(main_dtype),
         "device": str(compute_device),
         "special_rows": len(special),

@@ -10,11 +10,14 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from convert.safetensors_format import StreamingWriter, element_size
 from cvlocal.errors import UsageError
+from cvlocal.vector.pipeline import Chunk, plan_chunks, run_pipeline
+from cvlocal.vector.progress_sink import tensor_progress
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -94,3 +97,26 @@ class ShardedWriter:
     def abort(self) -> None:
         if self._current is not None:
             self._current.abort()
+
+
+def stream_to_folder(
+    folder: Path,
+    tensors: TensorPlan,
+    max_bytes: int,
+    read: Callable[[Chunk], Any],
+    compute: Callable[[Chunk, Any], torch.Tensor],
+    description: str,
+    quiet: bool,
+) -> list[str]:
+    """Run the pipeline over ``tensors`` into sharded safetensors in ``folder``, with a progress bar."""
+    writer = ShardedWriter(folder, tensors, max_bytes)
+    with tensor_progress(description, writer.total, len(tensors), quiet) as advance:
+        def write(chunk: Chunk, rows: torch.Tensor) -> None:
+            writer.write_rows(chunk.name, rows)
+            advance(rows.numel() * rows.element_size(), chunk.last)
+        try:
+            run_pipeline(plan_chunks((n, s) for n, _, s in tensors), read, compute, write)
+        except BaseException:
+            writer.abort()
+            raise
+    return writer.close()

@@ -26,11 +26,11 @@ from cvlocal.vector import tokens as tk
 from cvlocal.vector.card import build_recipe, write_card
 from cvlocal.vector.compat import check_compatible
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
-from cvlocal.vector.hf_output import ShardedWriter, parse_size, tensor_bytes
+from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
 from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
 from cvlocal.vector.progress_sink import tensor_progress
-from cvlocal.vector.roles import is_embedding, is_lm_head, is_vocab_tensor
-from cvlocal.vector.side_files import chat_eos_text, write_config, write_generation_config, write_tokenizer
+from cvlocal.vector.roles import is_embedding, is_vocab_tensor
+from cvlocal.vector.side_files import write_config, write_generation_config, write_tokenizer
 from cvlocal.vector.sources import DeltaSource
 
 EMBEDDING_MODES = ("auto", "add", "overlap", "skip")
@@ -188,7 +188,7 @@ def _write_side_files(plan: MergePlan, folder: Path) -> None:
     eos = gen.get("eos_token_id")
     eos_list = [eos] if isinstance(eos, int) else list(eos or [])
     write_config(folder, plan.cp.config, _dominant_dtype(plan) or torch.float32, eos_list if chat_gen else [])
-    plan.notes += write_tokenizer(folder, plan.cp.path, source.chat_template(), chat_eos_text(source.chat_dir), plan.cp_vocab)
+    plan.notes += write_tokenizer(folder, plan.cp.path, source.chat_template(), source.chat_tokens().eos, plan.cp_vocab)
 
 
 def _dominant_dtype(plan: MergePlan) -> torch.dtype | None:
@@ -215,20 +215,8 @@ def _recipe(plan: MergePlan) -> dict[str, Any]:
 
 
 def _stream_to_hf(plan: MergePlan, computer: MergeComputer, out: Path, shard_size: int, force: bool, quiet: bool) -> list[str]:
-    tensors = plan.output_plan()
-    chunks = plan_chunks((n, s) for n, _, s in tensors)
     with atomic_output(out, directory=True, force=force) as tmp:
-        writer = ShardedWriter(tmp, tensors, shard_size)
-        with tensor_progress("merge", writer.total, len(tensors), quiet) as advance:
-            def write(chunk: Chunk, rows: torch.Tensor) -> None:
-                writer.write_rows(chunk.name, rows)
-                advance(rows.numel() * rows.element_size(), chunk.last)
-            try:
-                run_pipeline(chunks, computer.read, computer.compute, write)
-            except BaseException:
-                writer.abort()
-                raise
-        files = writer.close()
+        files = stream_to_folder(tmp, plan.output_plan(), shard_size, computer.read, computer.compute, "merge", quiet)
         _write_side_files(plan, tmp)
         write_card(tmp, _recipe(plan), out.name)
     return files

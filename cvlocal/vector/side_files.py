@@ -22,15 +22,6 @@ def _dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _token_text(value: Any) -> str | None:
-    """tokenizer_config stores a token as a string or as an AddedToken dict."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return value.get("content")
-    return None
-
-
 def translate_ids(ids: Any, chat_vocab: list[str | None], cp_vocab: dict[str, int]) -> list[int]:
     """Chat ids (int or list) -> CP ids of the same token texts; tokens the CP lacks are dropped."""
     out = []
@@ -105,11 +96,3 @@ def write_generation_config(out_dir: Path, chat_gen: dict[str, Any] | None, cp_g
     if gen:
         _dump(out_dir / "generation_config.json", gen)
     return gen
-
-
-def chat_eos_text(chat_dir: Path) -> str | None:
-    """The chat tokenizer's eos token text, from its tokenizer_config.json."""
-    path = chat_dir / "tokenizer_config.json"
-    if not path.is_file():
-        return None
-    return _token_text(json.loads(path.read_text(encoding="utf-8")).get("eos_token"))
