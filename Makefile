@@ -22,12 +22,21 @@ $(VENV)/.created:
 	$(PIP) install --quiet --upgrade pip
 	touch $@
 
+# The llama-cpp-python source is downloaded once into .build/sdist: the wheel is built from it, and the
+# converter tests compare our GGUF bytes with llama.cpp's own convert_hf_to_gguf.py found inside it.
+SDIST := .build/sdist
+$(SDIST)/.unpacked: | $(VENV)/.created
+	mkdir -p $(SDIST)
+	$(PIP) download --quiet --no-binary :all: --no-deps -d $(SDIST) llama-cpp-python==$(LLAMA_VERSION)
+	tar -xzf $(SDIST)/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(SDIST)
+	touch $@
+
 # pip's wheel cache ignores CMAKE_ARGS, so the wheel is built without the cache into a git-ignored folder.
-$(WHEELS)/.built: | $(VENV)/.created
+$(WHEELS)/.built: | $(SDIST)/.unpacked
 	mkdir -p $(WHEELS)
 	rm -f $(WHEELS)/llama_cpp_python-*.whl
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
-		-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-cache-dir --no-deps \
+		-w $(WHEELS) $(SDIST)/llama_cpp_python-$(LLAMA_VERSION).tar.gz
 	touch $@
 
 llama-wheel: $(WHEELS)/.built
