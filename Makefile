@@ -50,7 +50,7 @@ $(VENV)/.installed: $(VENV)/.created $(WHEELS)/.built pyproject.toml $(CONSTRAIN
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/cvlocal demo
+	$(VENV)/bin/cvlocal demo --force
 
 demo-models: setup
 	$(PY) assets/demo/train.py --out assets/demo

@@ -1,0 +1,127 @@
+"""The demo pipeline: three GGUFs (CP, CP + chat vector, chat), the same held-out chats with each.
+
+CP + (chat - base) at ratio 1.0 goes straight to GGUF q8_0 in one pass (``merge_models`` with an
+output ending in ``.gguf``); CP and chat are converted to q8_0 too, so the three are compared at
+the same precision and through the same runtime (llama-cpp-python, chat template from the GGUF,
+greedy decoding). Each prompt is a fresh single-turn conversation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from convert.atomic import atomic_output, check_output_path
+from cvlocal.demo.bundle import DemoBundle, Prompt, load_bundle
+from cvlocal.demo.scoring import Score, rates, score_reply
+from cvlocal.ui import item_progress, say
+
+OUTTYPE = "q8_0"
+RATIO = 1.0
+MAX_TOKENS = 48
+# The paper's plain arithmetic on every row. The merge's default ("auto") gives the template's special
+# tokens the chat model's own rows instead; on these models that stops the merged model from ending
+# its turn (measured while training: see assets/demo/README.md), because CP moved the rows around them.
+SPECIAL_TOKENS = "none"
+
+# (key, label, GGUF file name) in the order the table shows them
+MODELS = (
+    ("cp", "CP", "demo-cp-Q8_0.gguf"),
+    ("cp+vector", "CP + chat vector", "demo-cp-chat-vector-Q8_0.gguf"),
+    ("chat", "chat", "demo-chat-Q8_0.gguf"),
+)
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str
+    score: Score
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason, **self.score.as_dict()}
+
+
+@dataclass
+class ModelResult:
+    key: str
+    label: str
+    gguf: str
+    replies: list[Reply] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rates(self) -> dict[str, float]:
+        return rates([r.score for r in self.replies])
+
+
+def build_models(bundle: DemoBundle, folder: Path, *, threads: int | None, quiet: bool) -> dict[str, Path]:
+    """Write the three q8_0 GGUFs into ``folder``; return them by key."""
+    from convert import convert_checkpoint
+    from cvlocal.vector.merge import merge_models
+
+    paths = {key: folder / name for key, _, name in MODELS}
+    say(f"merging CP + {RATIO:g} x (chat - base) straight to GGUF {OUTTYPE}", quiet)
+    merge_models(bundle.cp, paths["cp+vector"], base=bundle.base, chat=bundle.chat, ratio=RATIO,
+                 special_tokens=SPECIAL_TOKENS, outtype=OUTTYPE, device="cpu", threads=threads, quiet=quiet)
+    for key in ("cp", "chat"):
+        say(f"converting {key} to GGUF {OUTTYPE}", quiet)
+        convert_checkpoint(getattr(bundle, key), paths[key], outtype=OUTTYPE, threads=threads)
+    return paths
+
+
+def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, threads: int | None,
+              max_tokens: int, on_reply: Callable[[], None] | None = None) -> list[Reply]:
+    """One fresh single-turn greedy chat per prompt, scored."""
+    from cvlocal.session import ChatSession, load_llama
+
+    llm = load_llama(gguf, ctx=512, threads=threads, seed=0)
+    try:
+        session = ChatSession(llm, max_tokens=max_tokens, temperature=0.0, warn=None, model_name=gguf.name)
+        replies = []
+        for p in prompts:
+            session.reset()
+            turn = session.ask(p.prompt)
+            ended = turn.finish_reason == "stop"
+            replies.append(Reply(turn.text, turn.finish_reason,
+                                 score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words)))
+            if on_reply is not None:
+                on_reply()
+        return replies
+    finally:
+        close = getattr(llm, "close", None)
+        if close is not None:
+            close()
+
+
+def evaluate(paths: dict[str, Path], bundle: DemoBundle, *, threads: int | None, max_tokens: int,
+             quiet: bool) -> list[ModelResult]:
+    results = []
+    with item_progress(quiet) as progress:
+        for key, label, name in MODELS:
+            task = progress.add_task(f"chatting with {label}", total=len(bundle.prompts), detail="")
+            started = time.perf_counter()
+            replies = chat_with(paths[key], bundle.prompts, bundle.a_words, threads=threads, max_tokens=max_tokens,
+                                on_reply=lambda: progress.advance(task))
+            results.append(ModelResult(key, label, name, replies, round(time.perf_counter() - started, 2)))
+    return results
+
+
+def run_demo(out: Path, *, assets: Path | None = None, force: bool = False, quiet: bool = False,
+             threads: int | None = None, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+    """Build, chat, score and write the report into ``out`` (complete or not at all)."""
+    from cvlocal.demo.report import build_report, write_reports
+
+    started = time.perf_counter()
+    out = check_output_path(out, force)
+    bundle = load_bundle(assets)
+    with atomic_output(out, directory=True, force=force) as tmp:
+        paths = build_models(bundle, tmp, threads=threads, quiet=quiet)
+        built = time.perf_counter()
+        results = evaluate(paths, bundle, threads=threads, max_tokens=max_tokens, quiet=quiet)
+        timings = {"build_s": round(built - started, 2), "chat_s": round(time.perf_counter() - built, 2)}
+        report = build_report(bundle, results, out=out, max_tokens=max_tokens, timings=timings)
+        report["timings"]["total_s"] = round(time.perf_counter() - started, 2)
+        write_reports(report, tmp)
+    return report
