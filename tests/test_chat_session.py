@@ -191,6 +191,9 @@ def test_context_overflow_drops_oldest_turns_and_keeps_the_system_prompt(tiny_gg
 def test_ctrl_c_ends_the_reply_and_keeps_it(llama3) -> None:
     session = ChatSession(llama3, max_tokens=200, temperature=0.0)
     pieces: list[str] = []
+    # The handler in force before the call (SIG_IGN when run as a background job, Python's default otherwise)
+    # must be back afterwards.
+    before = signal.getsignal(signal.SIGINT)
 
     def on_text(text: str) -> None:
         pieces.append(text)
@@ -202,7 +205,7 @@ def test_ctrl_c_ends_the_reply_and_keeps_it(llama3) -> None:
         pytest.skip("the model ended its reply before three pieces")
     assert turn.finish_reason == "interrupted"
     assert session.messages[-1] == {"role": "assistant", "content": "".join(pieces).strip()}
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     after = session.ask("Thanks", on_text=None)
     assert after.finish_reason in ("stop", "length")
 
