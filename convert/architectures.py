@@ -16,7 +16,7 @@ table (and a test), not a code path. Names and choices follow what llama.cpp's l
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from convert.gguf_constants import Keys
@@ -131,16 +131,8 @@ LLAMA = Architecture(
     llama3_rope_freqs=True,
 )
 
-MISTRAL = Architecture(
-    family="Mistral",
-    hf_names=("MistralForCausalLM",),
-    gguf_arch="llama",
-    tensors={**_COMMON, **_LLAMA_BIAS},
-    permute=_LLAMA_PERMUTE,
-    writes_vocab_size=True,
-    writes_rope_dimension=True,
-    llama3_rope_freqs=True,
-)
+# Mistral is Llama's layout under another class name.
+MISTRAL = replace(LLAMA, family="Mistral", hf_names=("MistralForCausalLM",))
 
 QWEN2 = Architecture(
     family="Qwen2",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from convert.chat_template import chat_templates
 from cvlocal.errors import UsageError
 
 # A conversation that exercises every role a chat template formats.
@@ -107,25 +108,9 @@ def _token_text(value: Any) -> str | None:
 
 
 def read_chat_template(folder: Path) -> str | None:
-    """The chat template a folder ships, from chat_template.jinja, chat_template.json or tokenizer_config.json."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    as_json = folder / "chat_template.json"
-    if as_json.is_file():
-        data = json.loads(as_json.read_text(encoding="utf-8"))
-        template = data.get("chat_template") if isinstance(data, dict) else None
-        if isinstance(template, str):
-            return template
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        if isinstance(template, str):
-            return template
-        if isinstance(template, list):  # named templates: take "default", else the first
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            return named.get("default") or next(iter(named.values()), None)
-    return None
+    """The folder's main chat template, found the way the GGUF converter finds it (so the two agree)."""
+    templates = chat_templates(folder)
+    return templates.get("default") or next(iter(templates.values()), None)
 
 
 def _template_env() -> Any:
