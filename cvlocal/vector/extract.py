@@ -20,6 +20,7 @@ from convert.atomic import atomic_output, check_output_path
 from convert.checkpoint import TOKENIZER_FILES, Checkpoint
 from convert.safetensors_format import StreamingWriter
 from cvlocal.vector import tokens as tk
+from cvlocal.vector.arithmetic import ChunkArithmetic, Term
 from cvlocal.vector.compat import check_pair
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
 from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
@@ -92,8 +93,10 @@ def extract_vector(
         names = chat_ck.names()
         dtypes = {n: torch_dtype or chat_ck.dtype(n) for n in names}
         tensors = [(n, dtypes[n], chat_ck.shape(n)) for n in names]
+        arithmetic = ChunkArithmetic(compute_device)
+
         def compute(chunk: Chunk, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return DeltaSource.to_delta(parts, compute_device).to(dtypes[chunk.name]).cpu()
+            return arithmetic.combine(None, [Term(parts)], dtypes[chunk.name], tuple(parts[0].shape))
 
         def read(chunk: Chunk) -> tuple[torch.Tensor, ...]:
             return source.read(chunk.name, chunk.start, chunk.stop)

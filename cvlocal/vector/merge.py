@@ -23,6 +23,7 @@ from convert.checkpoint import Checkpoint, open_checkpoint
 from cvlocal.errors import UsageError
 from cvlocal.ui import say
 from cvlocal.vector import tokens as tk
+from cvlocal.vector.arithmetic import ChunkArithmetic, Term
 from cvlocal.vector.card import build_recipe, write_card
 from cvlocal.vector.compat import check_compatible
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
@@ -156,6 +157,7 @@ class MergeComputer:
     def __init__(self, plan: MergePlan, device: torch.device) -> None:
         self.plan = plan
         self.device = device
+        self.arithmetic = ChunkArithmetic(device)
 
     def read(self, chunk: Chunk) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...] | None]]:
         cp_rows = self.plan.cp.read_rows(chunk.name, chunk.start, chunk.stop)
@@ -165,18 +167,12 @@ class MergeComputer:
 
     def compute(self, chunk: Chunk, data: tuple[torch.Tensor, list[tuple[torch.Tensor, ...] | None]]) -> torch.Tensor:
         cp_rows, parts = data
-        acc = cp_rows.to(device=self.device, dtype=torch.float32)
-        for source, part in zip(self.plan.sources, parts):
-            if part is None:
-                continue
-            delta = source.to_delta(part, self.device)
-            if source.ratio != 1.0:
-                delta.mul_(source.ratio)
-            acc[: delta.shape[0]].add_(delta)
+        terms = [Term(part, source.ratio) for source, part in zip(self.plan.sources, parts) if part is not None]
+        out = self.arithmetic.combine(cp_rows, terms, self.plan.dtypes[chunk.name], tuple(cp_rows.shape))
         for row, value in self.plan.overrides.get(chunk.name, {}).items():
             if chunk.start <= row < chunk.stop:
-                acc[row - chunk.start] = value.to(device=self.device, dtype=torch.float32)
-        return acc.to(self.plan.dtypes[chunk.name]).cpu()
+                out[row - chunk.start] = value.to(torch.float32).to(out.dtype)
+        return out
 
 
 def _write_side_files(plan: MergePlan, folder: Path) -> None:

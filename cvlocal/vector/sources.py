@@ -2,8 +2,8 @@
 
 Both kinds answer the same questions (tensor names and shapes, the chat side's tokenizer,
 template, stop tokens and special-token rows) so the merge does not care which one it has. Each
-delta is read on the host (``read``, in the prefetch thread) and turned into float32 on the
-compute device (``to_delta``), so the two steps of consecutive chunks overlap.
+delta is read on the host (``read``, in the prefetch thread) and combined in float32 on the
+compute device (``arithmetic.ChunkArithmetic``), so the two steps of consecutive chunks overlap.
 """
 from __future__ import annotations
 
@@ -57,14 +57,6 @@ class DeltaSource:
         if self.vector:
             return (self.vector.checkpoint.read_rows(name, start, stop),)
         return (self.chat.read_rows(name, start, stop), self.base.read_rows(name, start, stop))  # type: ignore[union-attr]
-
-    @staticmethod
-    def to_delta(parts: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
-        """float32 delta on the device: the stored vector, or chat - base computed exactly."""
-        if len(parts) == 1:
-            return parts[0].to(device=device, dtype=torch.float32)
-        chat, base = parts
-        return chat.to(device=device, dtype=torch.float32) - base.to(device=device, dtype=torch.float32)
 
     # -- the chat side -------------------------------------------------------------------
     @property
