@@ -105,6 +105,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     columns: list[tuple[str, str]] = field(default_factory=list)  # extra metric columns (header, key)
     relative_to: str | None = "cvlocal"
+    started: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
 
     def row(self, tool: str) -> Row | None:
         return next((r for r in self.rows if r.tool == tool), None)
@@ -112,7 +113,7 @@ class Section:
     def as_dict(self) -> dict:
         return {
             "title": self.title,
-            "measured_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            "measured_at": self.started,
             "relative_to": self.relative_to,
             "columns": self.columns,
             "rows": [r.__dict__ for r in self.rows],
