@@ -17,7 +17,7 @@ from typing import Sequence
 from convert.errors import ConvertError
 from cvlocal import __version__
 from cvlocal.errors import WorkError
-from cvlocal.heap import use_one_arena
+from cvlocal.heap import tune_malloc
 
 # Help lists the commands in the order of the pipeline; any other module found is appended.
 COMMAND_ORDER = ["extract", "merge", "convert", "quantize", "chat", "serve", "eval", "release", "demo"]
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    use_one_arena()
+    tune_malloc()
     try:
         return int(args.func(args) or 0)
     except ConvertError as err:
