@@ -455,8 +455,6 @@ class Bench:
         s.targets.append(Target("cvlocal merged tensors bit-equal to the exact arithmetic (float32, rounded once)",
                                 str(exact_cv.metrics.get("result", "not measured")),
                                 exact_cv.runs[0]["identical"] if exact_cv.ok and exact_cv.runs else None))
-        # Not a target: mergekit adds base + (w1 (cp - base) + w2 (chat - base)), the same sum in another
-        # float32 order, so the few elements where the two orders round apart differ by one bf16 ulp.
         s.notes.append("mergekit sums the weighted task vectors before adding base, base + ((cp - base) + r (chat - base)), "
                        "the same formula as cvlocal's in another float32 order; where the two orders round apart the "
                        "result differs by one bf16 ulp, so its row is a measurement, not a target.")

@@ -39,7 +39,6 @@ def llama_quantize(inp: Path, out: Path, out_type: OutType, threads: int | None 
     def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:  # noqa: ARG001
         lines.append(text.decode("utf-8", errors="replace"))
 
-    _return_free_heap()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = int(threads) if threads else (os.cpu_count() or 1)
     params.ftype = out_type.ftype
@@ -54,18 +53,6 @@ def llama_quantize(inp: Path, out: Path, out_type: OutType, threads: int | None 
         errors = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
         detail = errors[-1] if errors else (text.strip().splitlines() or ["no message"])[-1]
         raise QuantizeError(f"llama.cpp could not quantize {inp.name} to {out_type.label}: {detail}")
-
-
-def _return_free_heap() -> None:
-    """Give the heap's free memory back to the kernel before llama.cpp allocates its own buffers.
-
-    A one-pass merge quantizes in the process that just streamed the model; memory its chunks
-    left free in the heap would otherwise add to llama.cpp's peak. glibc only; a no-op elsewhere.
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _restore_log(llama_cpp) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_the_sampler_reports_a_failing_command(tmp_path: Path) -> None:
 
 
 def test_the_io_floor_writes_the_cp_bytes(tmp_path: Path) -> None:
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     sizes = {"model-00001-of-00002.safetensors": 37 * (1 << 20) + 123,  # crosses two 16 MB blocks
              "model-00002-of-00002.safetensors": 5 * (1 << 20) + 7}
     folders = {}
