@@ -1,0 +1,230 @@
+"""The HTTP edge of ``cvlocal serve``: what every request passes before it reaches a model.
+
+llama-cpp-python's server routes catch every exception themselves, request validation included,
+and answer 500 with the exception's text (which names the server's source files), and they
+answer with whatever ``model`` the client sent. This ASGI middleware sits in front of whatever
+app serves the requests (today llama-cpp-python's single-model app; a batched engine later) and
+gives the OpenAI API's behaviour at the edge:
+
+- a body that is not JSON, or not a JSON object, gets 400 and an OpenAI error object;
+- a body that does not fit the endpoint's request schema (the same pydantic models the routes
+  use) gets 422 naming the offending field in ``param``;
+- the body passed on names the served model's alias, so every response's ``model`` (streamed
+  chunks included) is the id ``/v1/models`` lists, whatever name the client sent;
+- every other error response is reshaped to ``{"error": {"message", "type", "param", "code"}}``,
+  and a server error's text is replaced by a generic message: internals (paths, tracebacks)
+  stay in the server's log.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Error bodies are small; a larger one is passed on untouched rather than held in memory.
+MAX_ERROR_BODY = 1 << 20
+SERVER_ERROR = "the server failed on this request; the details are in the server's log"
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> bytes:
+    """An OpenAI-style error object, serialized."""
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                      ensure_ascii=False).encode("utf-8")
+
+
+def request_schemas() -> dict[str, type[BaseModel]]:
+    """Path -> the pydantic model of llama-cpp-python's server for that endpoint's JSON body."""
+    from llama_cpp.server.types import (
+        CreateChatCompletionRequest,
+        CreateCompletionRequest,
+        CreateEmbeddingRequest,
+        DetokenizeInputRequest,
+        TokenizeInputRequest,
+    )
+
+    return {
+        "/v1/chat/completions": CreateChatCompletionRequest,
+        "/v1/completions": CreateCompletionRequest,
+        "/v1/engines/copilot-codex/completions": CreateCompletionRequest,
+        "/v1/embeddings": CreateEmbeddingRequest,
+        "/extras/tokenize": TokenizeInputRequest,
+        "/extras/tokenize/count": TokenizeInputRequest,
+        "/extras/detokenize": DetokenizeInputRequest,
+    }
+
+
+class BadRequest(Exception):
+    """A request body refused at the edge: HTTP status and the error object's fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def check_body(raw: bytes, schema: type[BaseModel], path: str) -> dict[str, Any]:
+    """The parsed body if it is a JSON object the schema accepts; otherwise BadRequest (400/422)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest(400, "the request body is not UTF-8 text", code="invalid_json") from None
+    except json.JSONDecodeError as err:
+        raise BadRequest(400, f"the request body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
+                         code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
+    try:
+        schema.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False, include_input=False, include_context=False)[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        more = len(err.errors()) - 1
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        raise BadRequest(422, message + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""),
+                         param=param, code=first["type"]) from None
+    if path == "/v1/chat/completions" and not data.get("messages"):
+        # OpenAI requires messages; llama-cpp-python's schema defaults them to [] and then
+        # generates from an empty prompt.
+        raise BadRequest(422, "messages: a chat completion needs at least one message", param="messages",
+                         code="missing")
+    return data
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 404:
+        return "not_found_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+class OpenAIEdge:
+    """ASGI middleware: validate JSON bodies, name the served alias, shape every error OpenAI's way."""
+
+    def __init__(self, app: ASGIApp, alias: str, schemas: Mapping[str, type[BaseModel]] | None = None,
+                 api_key: str | None = None) -> None:
+        self.app = app
+        self.alias = alias
+        self.schemas = dict(request_schemas() if schemas is None else schemas)
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        schema = self.schemas.get(scope["path"]) if scope["method"] == "POST" else None
+        if schema is not None and self._authorized(scope):
+            raw, disconnected = await _read_body(receive)
+            if disconnected:
+                return
+            try:
+                data = check_body(raw, schema, scope["path"])
+            except BadRequest as bad:
+                await _respond(send, bad.status, error_body(bad.message, param=bad.param, code=bad.code))
+                return
+            if "model" in schema.model_fields:
+                data["model"] = self.alias
+            scope, receive = _with_body(scope, receive, json.dumps(data, ensure_ascii=False).encode("utf-8"))
+        await self.app(scope, receive, _ErrorShaper(send))
+
+    def _authorized(self, scope: Scope) -> bool:
+        """Whether the request carries the key (without one, the app's own 401 comes first)."""
+        if self.api_key is None:
+            return True
+        headers = dict(scope.get("headers") or [])
+        return headers.get(b"authorization", b"").decode("latin-1") == f"Bearer {self.api_key}"
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", True
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _with_body(scope: Scope, receive: Receive, body: bytes) -> tuple[Scope, Receive]:
+    """The request as the app sees it: the checked body, declared as JSON of its new length.
+
+    After the body, ``receive`` is the client's again, so the app still hears a disconnect.
+    """
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return {**scope, "headers": headers}, replay
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A complete JSON response; ``headers`` are kept (CORS, WWW-Authenticate) except the body's own."""
+    kept = [(k, v) for k, v in headers or [] if k.lower() not in (b"content-length", b"content-type")]
+    await send({"type": "http.response.start", "status": status,
+                "headers": kept + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _ErrorShaper:
+    """A ``send`` that passes successful responses through and rewrites error responses.
+
+    An error response is held until complete, then sent as an OpenAI error object: a client
+    error keeps its message (FastAPI's ``detail`` or the app's own error object), a server
+    error gets :data:`SERVER_ERROR` instead of its text.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.held: list[bytes] = []
+        self.passing = True
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] >= 400:
+                self.start, self.passing = message, False
+                return
+        if self.passing or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        self.held.append(message.get("body", b""))
+        if sum(map(len, self.held)) > MAX_ERROR_BODY:  # not an error object we could reshape
+            self.passing = True
+            await self.send(self.start or {})
+            await self.send({"type": "http.response.body", "body": b"".join(self.held), "more_body": message.get("more_body", False)})
+            return
+        if not message.get("more_body", False):
+            start = self.start or {}
+            status = int(start.get("status", 500))
+            await _respond(self.send, status, self._reshape(status, b"".join(self.held)), list(start.get("headers") or []))
+
+    @staticmethod
+    def _reshape(status: int, body: bytes) -> bytes:
+        if status >= 500:
+            return error_body(SERVER_ERROR, _error_type(status))
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            error = data["error"]
+            return error_body(str(error.get("message") or "the request was refused"), str(error.get("type") or _error_type(status)),
+                              error.get("param"), error.get("code"))
+        detail = data.get("detail") if isinstance(data, dict) else None
+        message = detail if isinstance(detail, str) else "the request was refused"
+        return error_body(message, _error_type(status))
