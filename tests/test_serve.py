@@ -194,6 +194,16 @@ def test_other_errors_are_openai_error_objects(server) -> None:
         assert json.loads(err.read())["error"]["type"] == "not_found_error"
 
 
+def test_stream_that_fails_ends_with_an_error_event(server) -> None:
+    client, model, _, _ = server
+    too_long = [{"role": "user", "content": "word " * 3000}]  # more tokens than --ctx 1024
+    with pytest.raises(openai.APIError, match="maximum context length is 1024 tokens"):
+        for _ in client.chat.completions.create(model=model.stem, messages=too_long, max_tokens=4, stream=True):
+            pass
+    # and the server goes on serving
+    assert client.chat.completions.create(model=model.stem, messages=MESSAGES, max_tokens=2).choices
+
+
 def test_json_without_a_json_content_type_is_accepted(server) -> None:
     # curl -d sends application/x-www-form-urlencoded; the body is still JSON
     _, model, _, port = server

@@ -13,12 +13,16 @@ gives the OpenAI API's behaviour at the edge:
   chunks included) is the id ``/v1/models`` lists, whatever name the client sent;
 - every other error response is reshaped to ``{"error": {"message", "type", "param", "code"}}``,
   and a server error's text is replaced by a generic message: internals (paths, tracebacks)
-  stay in the server's log.
+  stay in the server's log;
+- a streaming request that fails after its event stream began (a prompt longer than the
+  context, say) ends with an error event, ``data: {"error": ...}``, which OpenAI clients raise,
+  instead of an empty stream.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Mapping
+import logging
+from typing import Any, Awaitable, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -31,6 +35,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Error bodies are small; a larger one is passed on untouched rather than held in memory.
 MAX_ERROR_BODY = 1 << 20
 SERVER_ERROR = "the server failed on this request; the details are in the server's log"
+log = logging.getLogger("uvicorn.error")  # where uvicorn itself reports an application's exceptions
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -132,7 +137,23 @@ class OpenAIEdge:
             if "model" in schema.model_fields:
                 data["model"] = self.alias
             scope, receive = _with_body(scope, receive, json.dumps(data, ensure_ascii=False).encode("utf-8"))
-        await self.app(scope, receive, _ErrorShaper(send))
+        else:
+            data = None
+        shaper = _ErrorShaper(send)
+        try:
+            await self.app(scope, receive, shaper)
+        except Exception as err:
+            if shaper.complete or (shaper.started and not shaper.streaming):
+                raise  # the client has its whole answer, or a response we cannot add to: uvicorn logs it
+            log.error("Exception in ASGI application", exc_info=err)
+            status, error = describe_failure(err, schema, data)
+            if shaper.streaming:  # the stream's end was held back: it ends with the error event instead
+                await send({"type": "http.response.body", "body": (shaper.tail or b"") + b"data: " + error + b"\n\n",
+                            "more_body": False})
+            else:
+                await _respond(send, status, error)
+            return
+        await shaper.finish()
 
     def _authorized(self, scope: Scope) -> bool:
         """Whether the request carries the key (without one, the app's own 401 comes first)."""
@@ -140,6 +161,31 @@ class OpenAIEdge:
             return True
         headers = dict(scope.get("headers") or [])
         return headers.get(b"authorization", b"").decode("latin-1") == f"Bearer {self.api_key}"
+
+
+def _leaves(err: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups (anyio task groups raise groups)."""
+    if isinstance(err, BaseExceptionGroup):
+        for inner in err.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield err
+
+
+def describe_failure(err: BaseException, schema: type[BaseModel] | None, data: dict[str, Any] | None) -> tuple[int, bytes]:
+    """Status and error object for an exception: llama-cpp-python's own client errors (a prompt
+    longer than the context) keep their message; anything else is a server error without text."""
+    from llama_cpp.server.errors import RouteErrorHandler
+
+    if schema is not None and data is not None:
+        body = schema.model_validate(data)
+        for leaf in _leaves(err):
+            for pattern, formatter in RouteErrorHandler.pattern_and_formatters.items():
+                match = pattern.search(str(leaf))
+                if match is not None:
+                    status, error = formatter(body, match)  # type: ignore[arg-type]
+                    return status, error_body(error["message"], error["type"], error["param"], error["code"])
+    return 500, error_body(SERVER_ERROR, "server_error")
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
@@ -193,12 +239,24 @@ class _ErrorShaper:
         self.start: Message | None = None
         self.held: list[bytes] = []
         self.passing = True
+        self.started = False      # a response has begun (sent or held)
+        self.streaming = False    # it is a successful event stream, already on its way
+        self.complete = False     # its last body message went out
+        self.tail: bytes | None = None   # an event stream's last body, held until the app returns
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.started = True
             if message["status"] >= 400:
                 self.start, self.passing = message, False
                 return
+            headers = dict(message.get("headers") or [])
+            self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if self.streaming:  # held: if the app fails after it, the stream still ends with an error event
+                self.tail = message.get("body", b"")
+                return
+            self.complete = True
         if self.passing or message["type"] != "http.response.body":
             await self.send(message)
             return
@@ -212,6 +270,13 @@ class _ErrorShaper:
             start = self.start or {}
             status = int(start.get("status", 500))
             await _respond(self.send, status, self._reshape(status, b"".join(self.held)), list(start.get("headers") or []))
+
+    async def finish(self) -> None:
+        """The app returned: send the held end of its event stream."""
+        if self.tail is not None:
+            self.complete = True
+            await self.send({"type": "http.response.body", "body": self.tail, "more_body": False})
+            self.tail = None
 
     @staticmethod
     def _reshape(status: int, body: bytes) -> bytes:
