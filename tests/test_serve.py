@@ -225,15 +225,19 @@ def test_response_model_is_the_listed_alias(server) -> None:
         assert done.model == alias
 
 
-def test_port_in_use_is_one_line_exit_2(tiny_gguf) -> None:
+@pytest.mark.parametrize("case", ["port in use", "host not on this machine"])
+def test_port_in_use_or_bad_host_is_one_line_exit_2(tiny_gguf, case) -> None:
     model = tiny_gguf("llama3", "f16")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "cvlocal", "serve", str(model), "--port", str(port)],
+        # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of a real machine
+        where = ["--port", str(port)] if case == "port in use" else ["--host", "192.0.2.1", "--port", str(port)]
+        done = subprocess.run([sys.executable, "-m", "cvlocal", "serve", str(model), *where],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
-    assert str(port) in done.stderr and "--port" in done.stderr
+    assert (f"port {port}" if case == "port in use" else "192.0.2.1") in done.stderr
+    assert ("--port" if case == "port in use" else "--host") in done.stderr
     assert "serving" not in done.stdout + done.stderr

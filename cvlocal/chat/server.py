@@ -103,18 +103,17 @@ def listen_socket(host: str, port: int) -> socket.socket:
     Binding here, before the model loads, makes a port in use an immediate one-line error, and
     there is no window between a check and uvicorn's own bind for another process to take it.
     """
+    # The socket uvicorn would make (Config.bind_socket): IPv6 when the host has a colon, else
+    # IPv4 (so "localhost" is 127.0.0.1), and SO_REUSEADDR to restart without waiting for TIME_WAIT.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as err:
-        raise UsageError(f"--host {host} is not an address ({err.strerror})",
-                         fix="Give an address of this machine, e.g. 127.0.0.1") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting for TIME_WAIT
-        sock.bind(address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
     except OSError as err:
         sock.close()
+        if isinstance(err, socket.gaierror):
+            raise UsageError(f"--host {host} is not an address ({err.strerror})",
+                             fix="Give an address of this machine, e.g. 127.0.0.1") from None
         if err.errno == errno.EADDRINUSE:
             raise UsageError(f"port {port} on {host} is already in use", fix="Stop what listens there or pass another --port") from None
         if err.errno == errno.EACCES:

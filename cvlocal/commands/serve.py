@@ -34,17 +34,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a port number", fix="Give 1-65535")
     from cvlocal.session import check_gguf_path
 
-    check_gguf_path(args.model)
-    template = probe_template(args.model, args.chat_format)
-    if template.warning:
-        ui.warn(template.warning)
-    if not is_loopback(args.host):
-        ui.warn(f"listening on {args.host}: other machines can reach this server"
-                + ("" if args.api_key else " and it has no --api-key"))
     if args.model_alias is not None and not args.model_alias.strip():
         raise UsageError("--model-alias is empty", fix="Give the model id clients should use, or leave it out")
+    check_gguf_path(args.model)
+    template = probe_template(args.model, args.chat_format)
     sock = listen_socket(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
+        if template.warning:
+            ui.warn(template.warning)
+        if not is_loopback(args.host):
+            ui.warn(f"listening on {args.host}: other machines can reach this server"
+                    + ("" if args.api_key else " and it has no --api-key"))
         with ui.maybe_status(f"loading {args.model.name}", args.quiet):
             app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                             chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
