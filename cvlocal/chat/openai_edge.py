@@ -34,6 +34,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Error bodies are small; a larger one is passed on untouched rather than held in memory.
 MAX_ERROR_BODY = 1 << 20
+# A request body is read whole before it is checked; far more than any context's worth of text.
+MAX_REQUEST_BODY = 32 << 20
 SERVER_ERROR = "the server failed on this request; the details are in the server's log"
 log = logging.getLogger("uvicorn.error")  # where uvicorn itself reports an application's exceptions
 
@@ -129,6 +131,10 @@ class OpenAIEdge:
             raw, disconnected = await _read_body(receive)
             if disconnected:
                 return
+            if raw is None:
+                await _respond(send, 413, error_body(f"the request body is larger than {MAX_REQUEST_BODY >> 20} MiB",
+                                                     code="request_too_large"))
+                return
             try:
                 data = check_body(raw, schema, scope["path"])
             except BadRequest as bad:
@@ -188,13 +194,18 @@ def describe_failure(err: BaseException, schema: type[BaseModel] | None, data: d
     return 500, error_body(SERVER_ERROR, "server_error")
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
+    """(the whole body, or None past MAX_REQUEST_BODY; whether the client went away first)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return b"", True
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_REQUEST_BODY:
+            return None, False
         if not message.get("more_body", False):
             return b"".join(chunks), False
 

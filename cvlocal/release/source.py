@@ -183,7 +183,6 @@ def gguf_provenance(path: Path, metadata: dict[str, Any]) -> Provenance:
         if name:
             bases.append(str(name))
     license_ = metadata.get(Keys.LICENSE)
-    languages = metadata.get(Keys.LANGUAGES)
     return Provenance(source=f"GGUF `{path.name}`", base_models=bases, recipe=recipe,
                       license=str(license_) if license_ else None,
-                      languages=language_tags(languages if isinstance(languages, list) else _as_list(languages)))
+                      languages=language_tags(_as_list(metadata.get(Keys.LANGUAGES))))
