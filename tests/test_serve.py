@@ -35,14 +35,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
-    model = tiny_gguf("llama3", "f16")
+    yield from _serve(tiny_gguf("llama3", "f16"), tmp_path_factory)
+
+
+def _serve(model: Path, tmp_path_factory, *extra: str, api_key: str = "unused"):
+    """A ``cvlocal serve`` process on a free loopback port: yields (client, model, models, port)."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cvlocal", "serve", str(model), "--port", str(port),
-                                 "--threads", "1", "--ctx", "1024", "--quiet"],
+                                 "--threads", "1", "--ctx", "1024", "--quiet", *extra],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60, max_retries=0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, timeout=60, max_retries=0)
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -113,13 +117,14 @@ def test_missing_server_extra_is_one_line(tmp_path) -> None:
 
 
 # ---- issue 12: queued concurrency, OpenAI-style errors, the port check, the model alias ----------
-def _post(port: int, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
+def _post(port: int, path: str, body: bytes, content_type: str = "application/json",
+          key: str | None = None) -> tuple[int, str]:
     """A raw POST with the standard library's HTTP client (no SDK validation in between)."""
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
-                                     headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read().decode("utf-8")
@@ -241,3 +246,22 @@ def test_port_in_use_or_bad_host_is_one_line_exit_2(tiny_gguf, case) -> None:
     assert (f"port {port}" if case == "port in use" else "192.0.2.1") in done.stderr
     assert ("--port" if case == "port in use" else "--host") in done.stderr
     assert "serving" not in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_gguf, tmp_path_factory):
+    yield from _serve(tiny_gguf("llama3", "f16"), tmp_path_factory, "--api-key", "sesame", "--model-alias", "taipei-1",
+                      api_key="sesame")
+
+
+def test_api_key_and_alias(keyed_server) -> None:
+    client, _, models, port = keyed_server
+    assert [m.id for m in models.data] == ["taipei-1"]
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    # Without the key: 401 as an OpenAI error object, before anything about the body is said.
+    for body in (good, b"{not json"):
+        status, text = _post(port, "/v1/chat/completions", body)
+        assert status == 401 and json.loads(text)["error"]["type"] == "authentication_error", text
+    status, text = _post(port, "/v1/chat/completions", b"{not json", key="sesame")
+    assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
+    assert client.chat.completions.create(model="anything", messages=MESSAGES, max_tokens=2).model == "taipei-1"

@@ -127,7 +127,13 @@ class OpenAIEdge:
             await self.app(scope, receive, send)
             return
         schema = self.schemas.get(scope["path"]) if scope["method"] == "POST" else None
-        if schema is not None and self._authorized(scope):
+        if schema is not None and not self._authorized(scope):
+            # The app checks the key only after parsing the body, so a bad body without the key would
+            # get a parse error (a 500, from llama-cpp-python's routes): the key comes first.
+            await _respond(send, 401, error_body("Invalid API key", "authentication_error", code="invalid_api_key"),
+                           [(b"www-authenticate", b"Bearer")])
+            return
+        if schema is not None:
             raw, disconnected = await _read_body(receive)
             if disconnected:
                 return
@@ -162,7 +168,7 @@ class OpenAIEdge:
         await shaper.finish()
 
     def _authorized(self, scope: Scope) -> bool:
-        """Whether the request carries the key (without one, the app's own 401 comes first)."""
+        """Whether the request carries the key (``--api-key``), or no key is needed."""
         if self.api_key is None:
             return True
         headers = dict(scope.get("headers") or [])
