@@ -20,6 +20,7 @@ gives the OpenAI API's behaviour at the edge:
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any, Awaitable, Callable, Iterator, Mapping
@@ -172,7 +173,7 @@ class OpenAIEdge:
         if self.api_key is None:
             return True
         headers = dict(scope.get("headers") or [])
-        return headers.get(b"authorization", b"").decode("latin-1") == f"Bearer {self.api_key}"
+        return hmac.compare_digest(headers.get(b"authorization", b""), f"Bearer {self.api_key}".encode())
 
 
 def _leaves(err: BaseException) -> Iterator[BaseException]:
