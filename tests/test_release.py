@@ -65,6 +65,7 @@ def released(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("release") / "rel"
     code = cli_main([
         "release", str(source), "-o", str(out), "--types", "q4_k_m,q8_0,f16", "--threads", "1", "--json", "--version", "v0.1",
+        "--language", "zh-Hant,en",
     ])
     return code, out
 
@@ -125,6 +126,34 @@ def test_quality_table_in_card_and_q8_closer_than_q4(released):
     assert f"{100 * q['q4_k_m']['top1']:.2f}%" in q4_row
     assert "<|eot_id|>" in card and "## Usage" in card and "ollama create" in card
     assert "Traditional Chinese" in card
+
+
+def test_card_states_tokens_per_language_and_standard_errors(released):
+    _, out = released
+    state = json.loads((out / ".release-state.json").read_text())
+    card = (out / "README.md").read_text(encoding="utf-8")
+    per_language = 512 - 1 - 256  # the default: one window of 512 tokens per language, second half scored
+    assert f"{per_language} tokens per language" in card
+    for qtype in ("q4_k_m", "q8_0"):
+        q = state["types"][qtype]["quality"]
+        for lang, s in q["languages"].items():
+            assert s["tokens"] == per_language
+            # The default size is stable on the tiny release: each language's mean KLD to within 10% (1 SE).
+            assert 0 < s["mean_kld_se"] < 0.1 * s["mean_kld"], (qtype, lang, s)
+            small = s["mean_kld_se"] < 1e-3  # the card writes both in one notation, scientific when small
+            assert (f"{s['mean_kld']:.2e} ± {s['mean_kld_se']:.2e}" if small
+                    else f"{s['mean_kld']:.4f} ± {s['mean_kld_se']:.4f}") in card
+        assert 0 < q["mean_kld_se"] < 0.05 * q["mean_kld"]
+
+
+def test_card_language_is_the_models(released):
+    import yaml
+
+    _, out = released
+    card = (out / "README.md").read_text(encoding="utf-8")
+    # --language zh-Hant,en: the front matter says zh and en, not the five languages the quality was scored on.
+    assert yaml.safe_load(card.split("---")[1])["language"] == ["zh", "en"]
+    assert "Languages: Traditional Chinese (`zh-Hant`), English (`en`), as given with --language." in card
 
 
 def test_modelfiles(released, source):
@@ -223,6 +252,8 @@ def test_failing_types_reported_and_left_out(source, tmp_path, monkeypatch, caps
     assert len(list(out.glob("*.Modelfile"))) == 1
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "Types that failed" in card and "**Q4_K_M**" in card and "**Q5_K_M**" in card
+    # No --language and a source that names none: no `language:` field (not the held-out text's languages).
+    assert "\nlanguage:" not in card.split("---")[1]
 
     # A second run retries only the failed types, from the kept reference (no new conversion).
     monkeypatch.setattr(pipeline, "build_file", real_build)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cvlocal.errors import UsageError
-from cvlocal.release.card import CardInput, FileRow, Provenance, QualitySettings, render_card
+from cvlocal.release.card import CardInput, FileRow, Provenance, QualitySettings, parse_languages, render_card
 from cvlocal.release.eval_report import load_eval_report, summary_markdown
 from cvlocal.release.heldout import LANGUAGE_ORDER, default_heldout_dir, load_heldout
 from cvlocal.release.source import front_matter, gguf_provenance, hf_provenance
@@ -91,7 +91,7 @@ def _card(**kw) -> str:
 def test_card_contents():
     card = _card()
     front = card.split("---")[1]
-    assert "- \"org/base\"" in front and "license: \"apache-2.0\"" in front and "- ko" in front
+    assert "- \"org/base\"" in front and "license: \"apache-2.0\"" in front
     assert "| `M-1M-Q4_K_M.gguf` | Q4_K_M | 600.00 kB | 4.85 | 0.0123 | 0.2000 | 93.12% | 13.100 |" in card
     assert "| `M-1M-F16.gguf` | F16 (reference) |" in card
     assert "5.00e-05 / 90.00%" in card  # per-language KLD below 1e-3 in scientific notation
@@ -101,6 +101,59 @@ def test_card_contents():
     for section in ("### llama.cpp", "### llama-cpp-python", "### Ollama", "### LM Studio", "sha256sum -c SHA256SUMS"):
         assert section in card
     assert "ollama create m-1m-q4_k_m -f M-1M-Q4_K_M.Modelfile" in card
+
+
+def _front_matter_languages(card: str) -> list[str] | None:
+    import yaml
+
+    return yaml.safe_load(card.split("---")[1]).get("language")
+
+
+def test_card_language_is_the_models_not_the_scoring_texts():
+    # Scored on English and Korean text, but the model's languages are unknown: no `language:` at all.
+    assert _front_matter_languages(_card()) is None
+    card = _card(languages=["zh-Hant", "en"], languages_from="from the source's metadata")
+    assert _front_matter_languages(card) == ["zh", "en"]  # ISO 639 codes, as the Hub reads them
+    assert "Languages: Traditional Chinese (`zh-Hant`), English (`en`), from the source's metadata." in card
+    assert _front_matter_languages(_card(languages=["zh-Hant", "zh-Hans", "multilingual"])) == ["zh", "multilingual"]
+
+
+def test_language_option_parsing():
+    assert parse_languages("zh-Hant,en") == ["zh-Hant", "en"]
+    assert parse_languages(" ko , ko,ja") == ["ko", "ja"]
+    for bad in ("", ",", "zh_TW", "english!", "zh-Hant,,en", "e"):
+        with pytest.raises(UsageError, match="--language"):
+            parse_languages(bad)
+
+
+def test_language_from_the_source_metadata(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlanguage:\n- zh\n- en\nlicense: mit\n---\n# M\n")
+    assert hf_provenance(tmp_path).languages == ["zh", "en"]
+    (tmp_path / "README.md").write_text("---\nlanguage: ko\n---\n")
+    assert hf_provenance(tmp_path).languages == ["ko"]
+    (tmp_path / "README.md").write_text("---\nlanguage: [12, {a: 1}, 'not a code!']\n---\n")
+    assert hf_provenance(tmp_path).languages == []
+    assert gguf_provenance(tmp_path / "m.gguf", {"general.languages": ["ja", "en"]}).languages == ["ja", "en"]
+    assert gguf_provenance(tmp_path / "m.gguf", {}).languages == []
+
+
+def test_card_reports_tokens_per_language_and_standard_errors():
+    rows = [
+        FileRow("f16", "F16", "M-F16.gguf", 2_000_000, 16.0, {"ppl_base": 12.5}, reference=True),
+        FileRow("q4_k_m", "Q4_K_M", "M-Q4_K_M.gguf", 600_000, 4.85,
+                {"mean_kld": 0.0123, "mean_kld_se": 0.0011, "p99_kld": 0.2, "top1": 0.9312, "top1_se": 0.0051,
+                 "ppl": 13.1, "ppl_base": 12.5,
+                 "languages": {"en": {"mean_kld": 0.01, "mean_kld_se": 0.002, "top1": 0.95},
+                               "ko": {"mean_kld": 0.00005, "mean_kld_se": 0.00001, "top1": 0.9}}}),
+    ]
+    settings = QualitySettings("F16", "M-F16.gguf", 512, 2, 510, ["en", "ko"], tokens_per_language={"en": 255, "ko": 255})
+    card = _card(rows=rows, quality=settings)
+    assert "| 0.0123 ± 0.0011 | 0.2000 | 93.12% ± 0.51% |" in card
+    assert "255 tokens per language" in card and "standard error" in card
+    assert "English (255 tokens) KLD / top-1" in card and "Korean (255 tokens) KLD / top-1" in card
+    assert "0.0100 ± 0.0020 / 95.00%" in card and "5.00e-05 ± 1.00e-05 / 90.00%" in card
+    rows[1].quality["mean_kld_se"] = 0.0004  # an error below 1e-3 keeps two digits: both in scientific notation
+    assert "| 1.23e-02 ± 4.00e-04 |" in _card(rows=rows, quality=settings)
 
 
 def test_card_without_recipe_or_template():

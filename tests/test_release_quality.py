@@ -102,6 +102,22 @@ def test_summary_matches_definitions(fixed_logits):
     assert summary.median_kld == pytest.approx(middle, rel=1e-9)
 
 
+def test_standard_errors_as_llama_perplexity_computes_them(fixed_logits):
+    # llama-perplexity: mean_and_uncertainty() gives sqrt((sum x^2 / n - mean^2) / (n - 1)) for the KLD,
+    # and "Same top p" carries sqrt(p (1 - p) / (n - 1)).
+    base, noisy, targets = fixed_logits
+    summary = quality.summarize(_score(base, noisy, targets))
+    klds, _, _, same = _reference_scores(base, noisy, targets)
+    n = len(klds)
+    mean = sum(klds) / n
+    assert summary.mean_kld_se == pytest.approx(math.sqrt((sum(k * k for k in klds) / n - mean * mean) / (n - 1)), rel=1e-9)
+    p = sum(same) / n
+    assert summary.top1_se == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), rel=1e-9)
+    one = quality.summarize(quality.TokenScores(kld=np.array(klds[:1]), nll=np.array(klds[:1]),
+                                                nll_base=np.array(klds[:1]), same_top=np.array(same[:1])))
+    assert math.isnan(one.mean_kld_se)  # one token has no spread to estimate
+
+
 def test_identical_distributions_score_zero_and_full_agreement(fixed_logits):
     base, _, targets = fixed_logits
     base = base.astype(np.float64)

@@ -1,17 +1,31 @@
 """``cvlocal serve``: llama-cpp-python's OpenAI-compatible server with cvlocal's template handling.
 
 The server (chat completions with streaming, completions, models) is llama-cpp-python's own,
-built with ``create_app``. What cvlocal adds is the chat template: a handler registered under
-:data:`HANDLER_NAME` renders messages with the same :class:`~cvlocal.chat.template.ChatTemplate`
-the REPL uses (GGUF template, override or named fallback) and stops on the same end-of-turn ids
-and strings, so a model answers the same through both.
+built with ``create_app``. What cvlocal adds:
+
+- the chat template: a handler registered under :data:`HANDLER_NAME` renders messages with the
+  same :class:`~cvlocal.chat.template.ChatTemplate` the REPL uses (GGUF template, override or
+  named fallback) and stops on the same end-of-turn ids and strings, so a model answers the same
+  through both;
+- requests wait their turn: llama-cpp-python's default (``interrupt_requests``) ends a streaming
+  reply as soon as another request arrives; here one model serves one request at a time, in
+  arrival order, and none is cut off;
+- the edge (:class:`~cvlocal.chat.openai_edge.OpenAIEdge`): bad bodies get 400/422 OpenAI error
+  objects, responses name the served alias, server errors keep their internals in the log;
+- the listening socket is bound before the model loads (:func:`listen_socket`), so a port in use
+  is one line, not uvicorn's traceback after the model loaded.
+
+:func:`build_app` is the edge around :func:`single_model_app`; a batched engine (several
+sequences at once) replaces the latter and keeps the edge and the socket handling.
 
 The server packages are an optional extra; :func:`missing_server_packages` names what is absent.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +97,33 @@ def probe_template(model_path: Path, chat_format: str | None) -> ChatTemplate:
         vocab.close()
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for uvicorn to serve on; a one-line UsageError if it cannot be.
+
+    Binding here, before the model loads, makes a port in use an immediate one-line error, and
+    there is no window between a check and uvicorn's own bind for another process to take it.
+    """
+    # The socket uvicorn would make (Config.bind_socket): IPv6 when the host has a colon, else
+    # IPv4 (so "localhost" is 127.0.0.1), and SO_REUSEADDR to restart without waiting for TIME_WAIT.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if isinstance(err, socket.gaierror):
+            raise UsageError(f"--host {host} is not an address ({err.strerror})",
+                             fix="Give an address of this machine, e.g. 127.0.0.1") from None
+        if err.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is already in use", fix="Stop what listens there or pass another --port") from None
+        if err.errno == errno.EACCES:
+            raise UsageError(f"no permission to listen on port {port}", fix="Use a --port above 1023") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--host {host} is not an address of this machine", fix="Give one of its addresses, e.g. 127.0.0.1") from None
+        raise UsageError(f"cannot listen on {host}:{port} ({err.strerror})", fix="Pass another --host or --port") from None
+    return sock
+
+
 def build_app(
     model_path: Path,
     *,
@@ -96,7 +137,30 @@ def build_app(
     port: int = 8000,
     api_key: str | None = None,
 ) -> Any:
-    """The FastAPI app of llama-cpp-python's server for one GGUF, with cvlocal's chat template."""
+    """The served app: :class:`OpenAIEdge` around the single-model app (see the module docstring)."""
+    from cvlocal.chat.openai_edge import OpenAIEdge
+
+    alias = model_alias or model_path.stem
+    inner = single_model_app(model_path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers,
+                             chat_format=chat_format, seed=seed, model_alias=alias, host=host, port=port,
+                             api_key=api_key)
+    return OpenAIEdge(inner, alias=alias, api_key=api_key)
+
+
+def single_model_app(
+    model_path: Path,
+    *,
+    ctx: int,
+    threads: int | None,
+    n_gpu_layers: int,
+    chat_format: str | None,
+    seed: int,
+    model_alias: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+) -> Any:
+    """llama-cpp-python's FastAPI app for one GGUF with cvlocal's chat template; requests queue."""
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -106,7 +170,7 @@ def build_app(
     threading = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
     model_settings = ModelSettings(
         model=str(model_path),
-        model_alias=model_alias or model_path.stem,
+        model_alias=model_alias,
         n_ctx=ctx,
         n_gpu_layers=n_gpu_layers,
         **threading,
@@ -114,7 +178,8 @@ def build_app(
         chat_format=HANDLER_NAME,
         verbose=False,
     )
-    server_settings = ServerSettings(host=host, port=port, api_key=api_key)
+    # interrupt_requests=False: a request waits for the one before it (FIFO lock) instead of ending it.
+    server_settings = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
     with captured_llama_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
         try:
             return create_app(server_settings=server_settings, model_settings=[model_settings])
@@ -124,8 +189,9 @@ def build_app(
                              fix="Check that the file is complete and was written by a recent converter") from err
 
 
-def serve(app: Any, host: str, port: int, quiet: bool = False) -> None:
-    """Run the app with uvicorn until Ctrl-C."""
+def serve(app: Any, sock: socket.socket, quiet: bool = False) -> None:
+    """Run the app with uvicorn on the bound socket until Ctrl-C."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+    config = uvicorn.Config(app, log_level="warning" if quiet else "info")
+    uvicorn.Server(config).run(sockets=[sock])

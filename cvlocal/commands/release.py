@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS, metavar="N",
                    help=f"windows per language to score (default {DEFAULT_CHUNKS}; 0: all the text gives)")
     p.add_argument("--heldout", type=Path, default=None, metavar="DIR", help="held-out text folder, one .txt per language (default: cvlocal's)")
+    p.add_argument("--language", default=None, metavar="L[,L...]",
+                   help="the model's languages for the card's `language` field, e.g. zh-Hant,en "
+                        "(default: the source's model card `language` or GGUF general.languages)")
     p.add_argument("--force", action="store_true", help="rebuild everything, even in a folder holding another release")
     p.set_defaults(func=run)
 
@@ -99,6 +102,7 @@ def _table(report: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from convert.quant_tables import parse_outtypes
+    from cvlocal.release.card import parse_languages
     from cvlocal.release.pipeline import ReleaseRequest, release
 
     if args.threads is not None and args.threads < 1:
@@ -117,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         ctx=args.ctx,
         chunks=args.chunks or None,
         force=args.force,
+        languages=parse_languages(args.language) if args.language is not None else None,
     )
     quiet = args.quiet or args.json
     with ui.item_progress(quiet) as progress:

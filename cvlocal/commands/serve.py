@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvlocal.chat.server import build_app, is_loopback, missing_server_packages, probe_template, serve
+    from cvlocal.chat.server import build_app, is_loopback, listen_socket, missing_server_packages, probe_template, serve
 
     missing = missing_server_packages()
     if missing:
@@ -34,18 +34,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a port number", fix="Give 1-65535")
     from cvlocal.session import check_gguf_path
 
+    if args.model_alias is not None and not args.model_alias.strip():
+        raise UsageError("--model-alias is empty", fix="Give the model id clients should use, or leave it out")
     check_gguf_path(args.model)
     template = probe_template(args.model, args.chat_format)
-    if template.warning:
-        ui.warn(template.warning)
-    if not is_loopback(args.host):
-        ui.warn(f"listening on {args.host}: other machines can reach this server"
-                + ("" if args.api_key else " and it has no --api-key"))
-    with ui.maybe_status(f"loading {args.model.name}", args.quiet):
-        app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                        chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
-                        host=args.host, port=args.port, api_key=args.api_key)
-    ui.say(f"serving {args.model.name} (template {template.source}) on http://{args.host}:{args.port}/v1 "
-           "— Ctrl-C stops", args.quiet)
-    serve(app, args.host, args.port, quiet=args.quiet)
+    sock = listen_socket(args.host, args.port)  # before the model loads: a port in use fails at once
+    try:
+        if template.warning:
+            ui.warn(template.warning)
+        if not is_loopback(args.host):
+            ui.warn(f"listening on {args.host}: other machines can reach this server"
+                    + ("" if args.api_key else " and it has no --api-key"))
+        with ui.maybe_status(f"loading {args.model.name}", args.quiet):
+            app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                            chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
+                            host=args.host, port=args.port, api_key=args.api_key)
+        ui.say(f"serving {args.model.name} as {app.alias!r} (template {template.source}) on "
+               f"http://{args.host}:{args.port}/v1 — Ctrl-C stops", args.quiet)
+        serve(app, sock, quiet=args.quiet)
+    finally:
+        sock.close()
     return 0

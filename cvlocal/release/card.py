@@ -7,10 +7,12 @@ file is around 1e-4, so it is printed in scientific notation when small).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from cvlocal import __version__
+from cvlocal.errors import UsageError
 
 LANGUAGE_NAMES = {
     "en": "English",
@@ -19,8 +21,30 @@ LANGUAGE_NAMES = {
     "ko": "Korean",
     "ja": "Japanese",
 }
-# Hub language codes for the front matter.
-HUB_LANGUAGE = {"en": "en", "zh-Hant": "zh", "zh-Hans": "zh", "ko": "ko", "ja": "ja"}
+# A language tag as model cards and GGUF files write them: an ISO 639 code (2-3 letters) with
+# optional BCP 47 subtags (zh-Hant, en-US, pt-BR), or the Hub's special value "multilingual".
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*|multilingual")
+
+
+def language_tags(values: Iterable[Any]) -> list[str]:
+    """The well-formed language tags among ``values`` (model-card or GGUF metadata), in order, once each."""
+    tags = [v.strip() for v in values if isinstance(v, str) and _LANGUAGE_TAG.fullmatch(v.strip())]
+    return list(dict.fromkeys(tags))
+
+
+def parse_languages(text: str) -> list[str]:
+    """``--language zh-Hant,en``: the tags in order; a malformed one is a UsageError."""
+    parts = [p.strip() for p in text.split(",")]
+    bad = [p for p in parts if not _LANGUAGE_TAG.fullmatch(p)]
+    if bad or not any(parts):
+        raise UsageError(f"--language {text!r} is not a list of language codes",
+                         fix="Give ISO 639 codes separated by commas, e.g. --language zh-Hant,en")
+    return list(dict.fromkeys(parts))
+
+
+def hub_languages(tags: Iterable[str]) -> list[str]:
+    """The front matter's ``language`` list: the Hub takes ISO 639 codes, so zh-Hant and zh-Hans are zh."""
+    return list(dict.fromkeys(t if t == "multilingual" else t.split("-")[0].lower() for t in tags))
 
 
 @dataclass
@@ -45,6 +69,7 @@ class Provenance:
     recipe: dict[str, Any] | None = None         # cvlocal's machine-readable merge recipe
     recipe_markdown: str | None = None           # recipe sections of the merged folder's README
     license: str | None = None
+    languages: list[str] = field(default_factory=list)   # the model's languages (card `language`, general.languages)
 
 
 @dataclass
@@ -58,6 +83,7 @@ class QualitySettings:
     tokens: int
     languages: list[str]
     skipped_languages: list[str] = field(default_factory=list)
+    tokens_per_language: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +97,8 @@ class CardInput:
     stops: list[str]
     ollama_family: str | None
     eval_summary: list[str] | None = None        # Markdown lines from eval_report.summary_markdown
+    languages: list[str] = field(default_factory=list)   # the model's languages (--language or the source's)
+    languages_from: str | None = None            # where they came from, for the card's text
 
 
 def human_size(n: int) -> str:
@@ -80,8 +108,11 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def _kld(value: float) -> str:
-    return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+def _kld(value: float, scientific: bool | None = None) -> str:
+    """A KL divergence: scientific notation when small (or when ``scientific`` says so)."""
+    if scientific is None:
+        scientific = 0 < abs(value) < 1e-3
+    return f"{value:.2e}" if scientific else f"{value:.4f}"
 
 
 def _ppl(value: float) -> str:
@@ -92,6 +123,20 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def _with_se(value: float, se: Any, fmt: Any) -> str:
+    """``value ± SE`` when the row has a finite standard error (rows of older releases do not).
+
+    A KL divergence and its error share one notation, scientific when either is below 1e-3, so
+    that the error keeps two significant digits.
+    """
+    if not (isinstance(se, (int, float)) and se == se):
+        return fmt(value)
+    if fmt is _kld:
+        scientific = any(0 < abs(x) < 1e-3 for x in (value, se))
+        return f"{_kld(value, scientific)} ± {_kld(se, scientific)}"
+    return f"{fmt(value)} ± {fmt(se)}"
+
+
 def _front_matter(c: CardInput) -> list[str]:
     lines = ["---"]
     if c.provenance.base_models:
@@ -99,7 +144,8 @@ def _front_matter(c: CardInput) -> list[str]:
         lines += [f"- {json.dumps(b, ensure_ascii=False)}" for b in c.provenance.base_models]
     if c.provenance.license:
         lines.append(f"license: {json.dumps(c.provenance.license)}")
-    languages = list(dict.fromkeys(HUB_LANGUAGE.get(l, l) for l in (c.quality.languages if c.quality else [])))
+    # The model's languages, never the languages of the scoring text (which says nothing about the model).
+    languages = hub_languages(c.languages)
     if languages:
         lines.append("language:")
         lines += [f"- {l}" for l in languages]
@@ -121,25 +167,30 @@ def quality_table(rows: list[FileRow]) -> list[str]:
         elif r.quality:
             q = r.quality
             lines.append(
-                f"| `{r.file}` | {r.label} | {human_size(r.size)} | {bpw} | {_kld(q['mean_kld'])} | {_kld(q['p99_kld'])} "
-                f"| {_pct(q['top1'])} | {_ppl(q['ppl'])} |"
+                f"| `{r.file}` | {r.label} | {human_size(r.size)} | {bpw} | {_with_se(q['mean_kld'], q.get('mean_kld_se'), _kld)} "
+                f"| {_kld(q['p99_kld'])} | {_with_se(q['top1'], q.get('top1_se'), _pct)} | {_ppl(q['ppl'])} |"
             )
         else:
             lines.append(f"| `{r.file}` | {r.label} | {human_size(r.size)} | {bpw} | | | | |")
     return lines
 
 
-def language_table(rows: list[FileRow], languages: list[str]) -> list[str]:
+def language_table(rows: list[FileRow], languages: list[str], tokens: dict[str, int] | None = None) -> list[str]:
     measured = [r for r in rows if r.quality and r.quality.get("languages") and not r.reference]
     if not measured:
         return []
-    head = "| Type | " + " | ".join(f"{LANGUAGE_NAMES.get(l, l)} KLD / top-1" for l in languages) + " |"
-    lines = [head, "|---|" + "---:|" * len(languages)]
+    tokens = tokens or {}
+
+    def head(lang: str) -> str:
+        n = tokens.get(lang)
+        return f"{LANGUAGE_NAMES.get(lang, lang)} ({n} tokens) KLD / top-1" if n else f"{LANGUAGE_NAMES.get(lang, lang)} KLD / top-1"
+
+    lines = ["| Type | " + " | ".join(head(l) for l in languages) + " |", "|---|" + "---:|" * len(languages)]
     for r in measured:
         cells = []
         for lang in languages:
             s = r.quality["languages"].get(lang)
-            cells.append(f"{_kld(s['mean_kld'])} / {_pct(s['top1'])}" if s else "")
+            cells.append(f"{_with_se(s['mean_kld'], s.get('mean_kld_se'), _kld)} / {_pct(s['top1'])}" if s else "")
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -266,14 +317,19 @@ def render_card(c: CardInput) -> str:
         names = ", ".join(LANGUAGE_NAMES.get(l, l) for l in q.languages)
         reference = (f"the reference `{q.reference_file}` ({q.reference_label})" if q.reference_file
                      else f"a {q.reference_label} conversion of the source (lossless for its weights; not shipped)")
+        counts = sorted(set(q.tokens_per_language.get(l) for l in q.languages) - {None})
+        per_language = (f"{counts[0]} tokens per language" if len(counts) == 1
+                        else f"{counts[0]}-{counts[-1]} tokens per language" if counts else "")
         lines += [
-            f"Quality is measured against {reference} on {q.tokens} tokens of held-out text ({names}; {q.windows} windows of {q.n_ctx} tokens), "
+            f"Quality is measured against {reference} on {q.tokens} tokens of held-out text "
+            f"({names}; {per_language + ', ' if per_language else ''}{q.windows} windows of {q.n_ctx} tokens), "
             "the way `llama-perplexity --kl-divergence` measures it: each window is evaluated from an empty cache "
             "and only its second half is scored. *Mean KLD* and *99% KLD* are the mean and 99th percentile of the "
             "KL divergence from the reference's next-token distribution to the file's, in nats; *top-1 agreement* is "
             "how often both rank the same next token first; *PPL* is exp(mean negative log-likelihood) of the text. "
-            "Lower KLD and higher agreement mean closer to the reference. Bits/weight is the tensor data size over "
-            "the parameter count, as llama.cpp reports it.",
+            "Lower KLD and higher agreement mean closer to the reference. `±` is the standard error of the mean "
+            "over the scored tokens, as llama-perplexity computes it: a mean is known to about twice its standard "
+            "error. Bits/weight is the tensor data size over the parameter count, as llama.cpp reports it.",
             "",
         ]
         base_ppl = next((r.quality["ppl_base"] for r in c.rows if r.quality and r.quality.get("ppl_base")), None)
@@ -281,13 +337,16 @@ def render_card(c: CardInput) -> str:
             lines += [f"The reference's own PPL on the same tokens is {_ppl(base_ppl)}.", ""]
         if q.skipped_languages:
             lines += [f"Held-out text too short for one window (left out): {', '.join(q.skipped_languages)}.", ""]
-        by_lang = language_table(c.rows, q.languages)
+        by_lang = language_table(c.rows, q.languages, q.tokens_per_language)
         if by_lang:
             lines += ["### By language", ""] + by_lang + [""]
     if c.failed:
         lines += ["### Types that failed (not shipped)", ""]
         lines += [f"- **{t}**: {reason}" for t, reason in c.failed.items()] + [""]
     lines += ["## Provenance", "", f"Converted from the {c.provenance.source}.", ""]
+    if c.languages:
+        named = ", ".join(f"{LANGUAGE_NAMES[l]} (`{l}`)" if l in LANGUAGE_NAMES else f"`{l}`" for l in c.languages)
+        lines += [f"Languages: {named}" + (f", {c.languages_from}." if c.languages_from else "."), ""]
     if c.provenance.base_models:
         lines += ["Base models: " + ", ".join(f"`{b}`" for b in c.provenance.base_models) + ".", ""]
     if c.provenance.recipe:

@@ -65,6 +65,7 @@ class ReleaseRequest:
     ctx: int = DEFAULT_CTX
     chunks: int | None = DEFAULT_CHUNKS     # windows per language (None: all the text gives)
     force: bool = False
+    languages: list[str] | None = None      # the model's languages (--language); None: the source's own
 
 
 @dataclass
@@ -185,6 +186,10 @@ class Release:
         self.out = Path(req.out)
         self.state = _prepare_output(self.out, self.source, req.force)
         self.seconds: dict[str, float] = {}
+        # The card's `language` is the model's: --language, else what the source says (model card, general.languages).
+        self.languages = list(req.languages or self.source.provenance.languages)
+        self.languages_from = ("as given with --language" if req.languages
+                               else "from the source's metadata" if self.languages else None)
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -248,7 +253,8 @@ class Release:
             scoring.close_model(vocab)
         if n_ctx != req.ctx:
             self.progress.note(f"scoring window {n_ctx} tokens (the model's context length)")
-        quality_key = f"{ref_id}:{heldout_digest(self.texts)}:{n_ctx}:{req.chunks}"
+        # ":se": rows measured before standard errors were recorded are measured again.
+        quality_key = f"{ref_id}:{heldout_digest(self.texts)}:{n_ctx}:{req.chunks}:se"
         if not windows.languages:
             raise UsageError(f"the held-out text gives no window of {n_ctx} tokens", req.heldout,
                              "Pass a smaller --ctx or longer held-out text.")
@@ -258,7 +264,12 @@ class Release:
             reference_file=shipped_reference or (ref_path.name if src.is_gguf else None),
             n_ctx=n_ctx, windows=len(windows.languages), tokens=windows.scored_tokens,
             languages=[l for l in self.texts if l not in windows.skipped], skipped_languages=windows.skipped,
+            tokens_per_language={l: windows.languages.count(l) * scoring.scored_count(n_ctx) for l in self.texts
+                                 if l not in windows.skipped},
         )
+        if not self.languages:
+            self.progress.note("the source names no language (model card `language`, general.languages): "
+                               "the card has no `language:` field; pass --language L,... to set it")
         for lang in windows.skipped:
             self.progress.note(f"held-out text '{lang}' is shorter than one window of {n_ctx} tokens; left out")
 
@@ -448,6 +459,8 @@ class Release:
             stops=report.stops,
             ollama_family=report.ollama_family,
             eval_summary=self.eval_lines,
+            languages=self.languages,
+            languages_from=self.languages_from,
         )
         with atomic_output(out / CARD_NAME, force=True) as tmp:
             tmp.write_text(render_card(card), encoding="utf-8")

@@ -19,7 +19,7 @@ from convert.gguf_constants import GGMLType, Keys
 from convert.gguf_reader import read_gguf
 from convert.quant_tables import FTYPE_LABELS, OUTTYPES, OutType
 from cvlocal.errors import UsageError
-from cvlocal.release.card import Provenance
+from cvlocal.release.card import Provenance, language_tags
 
 RECIPE_FILE = "cvlocal_recipe.json"
 RECIPE_KEY = "cvlocal.recipe"
@@ -162,6 +162,7 @@ def hf_provenance(folder: Path) -> Provenance:
         recipe=recipe,
         recipe_markdown=recipe_md,
         license=str(meta["license"]) if meta.get("license") else None,
+        languages=language_tags(_as_list(meta.get("language"))),
     )
 
 
@@ -183,4 +184,5 @@ def gguf_provenance(path: Path, metadata: dict[str, Any]) -> Provenance:
             bases.append(str(name))
     license_ = metadata.get(Keys.LICENSE)
     return Provenance(source=f"GGUF `{path.name}`", base_models=bases, recipe=recipe,
-                      license=str(license_) if license_ else None)
+                      license=str(license_) if license_ else None,
+                      languages=language_tags(_as_list(metadata.get(Keys.LANGUAGES))))
