@@ -16,11 +16,14 @@ listed among their own traditional forms. Those that are common in Taiwan usage 
 The decision is by counts of letters per script: Hangul -> ko; Han and kana with at least 5% kana
 -> ja; Han -> zh-Hant / zh-Hans / zh (no script evidence either way) / zh-mixed; Latin -> en.
 Latin letters are weighted 1/3 (about one syllable) so that a Korean or Chinese reply with a few
-English terms is still Korean or Chinese. The detector tells the five suite languages apart; any
-Latin-script text counts as ``en``.
+English terms is still Korean or Chinese. Quoted material (in 「」, 『』, “”, ‘’ or "") is left
+out of the counts when text remains outside the quotes: a Chinese reply that explains
+「おはようございます」 is Chinese, not Japanese. The detector tells the five suite languages apart;
+any Latin-script text counts as ``en``.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -49,6 +52,7 @@ LANG_ALIASES: dict[str, str] = {
 KANA_SHARE_FOR_JA = 0.05
 SCRIPT_MAJORITY = 0.8
 LATIN_WEIGHT = 1.0 / 3.0
+QUOTED = re.compile(r'「[^」\n]*」|『[^』\n]*』|“[^”\n]*”|‘[^’\n]*’|"[^"\n]*"')
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,11 @@ def detect(text: str) -> Detection:
     """Detect the language (and Chinese script) of ``text``; see the module docstring for the rules."""
     latin = han = kana = hangul = other = 0
     han_chars: list[str] = []
-    for ch in unicodedata.normalize("NFC", text):
+    text = unicodedata.normalize("NFC", text)
+    unquoted = QUOTED.sub(" ", text)
+    if any(ch.isalpha() for ch in unquoted):
+        text = unquoted
+    for ch in text:
         if is_han(ch):
             han += 1
             han_chars.append(ch)
