@@ -2,16 +2,19 @@
 
 A model that repeats the user's message back scores well on every surface measure (distinct-2,
 no repeated 4-grams, right language, ended by itself), and if the message held the fact a recall
-check looks for, on recall too. So a reply is compared with every earlier turn of the
-conversation (user turns and the model's own earlier replies) and flagged as an echo when almost
-all of what it says is already in one of them.
+check looks for, on recall too. So a reply is compared with each of the user's messages so far
+(the one it answers and the earlier ones) and flagged as an echo when almost all of what it says
+is already in one of them. The model's own earlier replies are not compared: a correct answer
+often repeats what the model said before ("you live in Taipei"), and repetition within a reply
+is measured separately.
 
 Units are what :func:`cvlocal.evaluation.textstats.tokens` counts (a CJK character, a Latin word),
 with Hangul split into syllables (Korean endings change in a paraphrase: 있어서 -> 있으셔서), after
 NFKC, lower case and OpenCC t2s, and with the words of ``assets/eval/patterns/echo_equivalents.tsv``
 folded together (a reply that says "you're allergic" to "I'm allergic" still copies it). The
 overlap is measured on sets of units and of adjacent unit pairs, so a reply that repeats the
-message twice is as much an echo as one copy. Thresholds are in ``echo.json`` beside it (tuned on
+message twice is as much an echo as one copy; the reply must also repeat most of the turn, so a
+short answer that restates one fact from it ("Of course, your name is Priya") is not an echo. Thresholds are in ``echo.json`` beside it (tuned on
 the dev split of the labelled set).
 """
 from __future__ import annotations
@@ -39,6 +42,8 @@ class EchoSettings:
     unigram: float  # share of the reply's distinct units found in the turn
     bigram: float  # share of the reply's distinct unit pairs found in the turn
     max_new_units: int  # at most this many distinct units of the reply may be new
+    coverage: float  # share of the turn's distinct units the reply repeats (a short answer that
+    # restates one fact, "your name is Priya", does not copy the turn)
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def load_settings(directory: Path = PATTERNS_DIR) -> tuple[EchoSettings, dict[st
     try:
         raw = json.loads(settings_path.read_text(encoding="utf-8"))
         settings = EchoSettings(int(raw["min_units"]), float(raw["unigram"]), float(raw["bigram"]),
-                                int(raw["max_new_units"]))
+                                int(raw["max_new_units"]), float(raw["coverage"]))
     except FileNotFoundError as err:
         raise UsageError("echo settings missing", settings_path, fix) from err
     except (ValueError, KeyError, TypeError) as err:
@@ -108,8 +113,10 @@ def find_echo(reply: str, turns: Sequence[str]) -> Echo:
         unigram = len(reply_set & turn_set) / len(reply_set)
         bigram = len(reply_pairs & _pairs(turn_units)) / len(reply_pairs) if reply_pairs else unigram
         new = len(reply_set - turn_set)
+        coverage = len(reply_set & turn_set) / len(turn_set) if turn_set else 0.0
         flagged = (len(reply_set) >= settings.min_units and unigram >= settings.unigram
-                   and bigram >= settings.bigram and new <= settings.max_new_units)
+                   and bigram >= settings.bigram and new <= settings.max_new_units
+                   and coverage >= settings.coverage)
         if flagged and not best.is_echo or (flagged == best.is_echo and unigram + bigram > best.unigram + best.bigram):
             best = Echo(flagged, index, unigram, bigram, new)
     return best

@@ -42,10 +42,11 @@ class LabelledReply:
     suite: str
     case: str
     kind: str | None
-    history: tuple[str, ...]  # earlier turns, oldest first (user and assistant), without the current user turn
+    history: tuple[str, ...]  # the user's earlier messages, oldest first, without the current one
     user: str  # the user message the reply answers
     reply: str
     labels: dict[str, Any]
+    earlier_replies: tuple[str, ...] = ()  # the assistant's replies to ``history``, in order
 
     def gold(self, detector: str) -> bool | None:
         """The label for one detector, or None when it does not apply to this reply."""
@@ -109,14 +110,16 @@ def load_labelled(directory: Path = LABELS_DIR, split: str | None = None,
                 raise UsageError(f"line {number}: {problem}", path, "fix the line")
             if split is not None and obj["split"] != split:
                 continue
+            history: tuple[str, ...] = ()
+            earlier: tuple[str, ...] = ()
             if obj["suite"] == "safety":
-                history: tuple[str, ...] = ()
                 user = obj["prompt"]
             else:
-                texts = [str(m.get("content", "")) for m in obj["messages"]]
+                texts = [str(m.get("content", "")) for m in obj["messages"] if m.get("role") == "user"]
                 history, user = tuple(texts[:-1]), texts[-1]
+                earlier = tuple(str(m.get("content", "")) for m in obj["messages"] if m.get("role") == "assistant")
             out.append(LabelledReply(obj["id"], lang, obj["split"], obj["suite"], obj["case"], obj.get("kind"),
-                                     history, user, obj["reply"], obj["labels"]))
+                                     history, user, obj["reply"], obj["labels"], earlier))
     return out
 
 
