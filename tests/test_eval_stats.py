@@ -63,6 +63,9 @@ def test_paired_bootstrap_finds_a_real_shift_and_not_noise() -> None:
     assert shifted.significant and shifted.difference == pytest.approx(0.1)
     swapped = paired_bootstrap(base, base[1:] + base[:1])  # same values, paired differently
     assert not swapped.significant
+    # One item, however different, is no evidence: p is never below the exact sign test's 2 / 2^n.
+    assert paired_bootstrap([1.0], [0.0]).p_value == 1.0
+    assert paired_bootstrap([1.0] * 5, [0.0] * 5).p_value == pytest.approx(2 / 2 ** 5)
 
 
 def _safety_results(refused: list[bool]) -> list[dict]:

@@ -133,13 +133,15 @@ def noise_warnings(report: dict[str, Any], lang: str = "all") -> list[str]:
     return [f"{row['suite']} / {row['label']}: {w}" for row in table_rows(report, lang) for w in row["warnings"]]
 
 
-def test_cell(row: dict[str, Any]) -> str:
-    """The paired test of a row and its p-values against the best model ("" with one model)."""
+def test_cell(row: dict[str, Any], short: bool = False) -> str:
+    """The paired test of a row and its p-values against the best model ("" with one model);
+    ``short`` leaves the test's name out (the terminal table names the tests in its caption)."""
     comparison = row.get("comparison") or {}
     tests = comparison.get("tests") or []
     if not tests:
         return ""
-    return f"{comparison['test']}: " + ", ".join(format_p(t["p_value"]) for t in tests)
+    values = ", ".join(format_p(t["p_value"]) for t in tests)
+    return values if short else f"{comparison['test']}: {values}"
 
 
 def format_p(p: float) -> str:

@@ -11,7 +11,9 @@ unlikely to be noise:
 * paired binary outcomes (the same item refused by one model and not the other): McNemar's exact
   test, i.e. a two-sided binomial test on the discordant pairs;
 * paired means: a paired bootstrap of the mean difference; the p-value is twice the share of
-  resampled differences on the far side of zero (Efron & Tibshirani 1993, ch. 16 style).
+  resampled differences on the far side of zero (Efron & Tibshirani 1993, ch. 16 style), and never
+  below the smallest p an exact sign test can reach with that many non-zero differences
+  (2 / 2^n), so that a handful of items cannot look decisive.
 
 :func:`items_needed` is the usual sample size for telling two proportions apart (two-sided 5%
 level, 80% power, normal approximation for independent samples; paired designs need fewer, so it
@@ -104,14 +106,15 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], alpha: float = ALPH
     if n == 0:
         return PairedTest("paired bootstrap", 0, 0.0, 1.0, False, {})
     observed = mean(diffs)
+    floor = min(1.0, 2 * 0.5 ** sum(1 for d in diffs if d != 0))
     if all(d == diffs[0] for d in diffs):
-        p = 1.0 if diffs[0] == 0 else 0.0
+        p = 1.0 if diffs[0] == 0 else floor
         return PairedTest("paired bootstrap", n, observed, p, p < alpha, {"interval": [observed, observed]})
     rng = random.Random(seed)
     resampled = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(samples))
     below = sum(1 for d in resampled if d <= 0) / samples
     above = sum(1 for d in resampled if d >= 0) / samples
-    p = min(1.0, 2 * min(below, above))
+    p = max(floor, min(1.0, 2 * min(below, above)))
     interval = [resampled[int(0.025 * samples)], resampled[min(samples - 1, int(0.975 * samples))]]
     return PairedTest("paired bootstrap", n, observed, p, p < alpha, {"interval": interval})
 

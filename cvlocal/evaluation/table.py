@@ -26,12 +26,12 @@ def results_table(report: dict[str, Any], lang: str = "all") -> Table:
         table.add_column(model["name"], justify="right", overflow="fold")
     paired = len(report["models"]) > 1
     if paired:
-        table.add_column("paired test", style="dim", overflow="fold")
+        table.add_column("paired test", style="dim", overflow="fold", no_wrap=True)
     previous = None
     for row in table_rows(report, lang):
         cells = [f"[bold green]{v}[/]" if i in row["best"] else v for i, v in enumerate(row["values"])]
         if paired:
-            cells.append(test_cell(row) or "–")
+            cells.append(test_cell(row, short=True) or "–")
         table.add_row(row["suite"] if row["suite"] != previous else "", row["label"], *cells)
         previous = row["suite"]
     table.caption = f"{SIGNIFICANCE_NOTE}\ntoxicity scorer: {report['scorer']['description']}"
