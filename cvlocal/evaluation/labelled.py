@@ -18,13 +18,13 @@ Patterns were tuned on the ``dev`` split only; the floors are checked on ``test`
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from cvlocal.assets import asset_path
 from cvlocal.errors import UsageError
+from cvlocal.evaluation.files import jsonl_objects
 from cvlocal.evaluation.languages import LANGS
 
 LABELS_DIR = asset_path("eval", "labels")
@@ -96,15 +96,8 @@ def load_labelled(directory: Path = LABELS_DIR, split: str | None = None,
     out: list[LabelledReply] = []
     for lang in langs:
         path = Path(directory) / f"{lang}.jsonl"
-        if not path.is_file():
-            raise UsageError("labelled reference file missing", path, "restore assets/eval/labels from the repository")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"line {number}: not valid JSON ({err.msg})", path, "fix the line") from err
+        for number, obj in jsonl_objects(path, "fix the line", "labelled reference file missing",
+                                         "restore assets/eval/labels from the repository"):
             problem = _problem(obj, lang)
             if problem:
                 raise UsageError(f"line {number}: {problem}", path, "fix the line")

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from cvlocal import ui
 from cvlocal.errors import UsageError
-from cvlocal.evaluation.files import file_fingerprint
+from cvlocal.evaluation.files import file_fingerprint, jsonl_objects
 from cvlocal.evaluation.languages import LANGS, normalise_lang
 from cvlocal.evaluation.scoring import ScorerSpec, build_scorer
 from cvlocal.evaluation.suites import SUITES, Item, _validate
@@ -133,21 +133,9 @@ def parse_line(obj: Any, default_model: str) -> ScoredLine | str:
 def read_replies(path: Path) -> list[ScoredLine]:
     """Every line of one replies file, checked; the first bad line is a UsageError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError("no such replies file", path, "give a JSONL file of replies to --score-replies")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UsageError(f"not UTF-8 text ({err.reason} at byte {err.start})", path, FIX) from err
     lines: list[ScoredLine] = []
     seen: set[tuple[str, str]] = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"line {number}: not valid JSON ({err.msg})", path, FIX) from err
+    for number, obj in jsonl_objects(path, FIX, "no such replies file", "give a JSONL file of replies to --score-replies"):
         parsed = parse_line(obj, path.stem)
         if isinstance(parsed, str):
             raise UsageError(f"line {number}: {parsed}", path, FIX)
