@@ -60,6 +60,12 @@ def test_two_systems_scored_side_by_side(tmp_path, capsys) -> None:
     assert by[("b", "dialogue/d1")]["replies"][0]["echo"] and by[("b", "dialogue/d1")]["recall"] is False
     assert "Replies scored without a model" in (out / "report.md").read_text(encoding="utf-8")
 
+    # --suite keeps only the suites asked for.
+    capsys.readouterr()
+    assert main(["eval", "--score-replies", str(path), "--suite", "dialogue", "--out", str(tmp_path / "d"),
+                 "--quiet", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["models"][0]["results"]) == ["dialogue"]
+
 
 @pytest.mark.parametrize("line, message", [
     ("{not json", "line 2: not valid JSON"),

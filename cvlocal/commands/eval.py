@@ -122,8 +122,11 @@ def _score_replies(args: argparse.Namespace) -> int:
     if args.judge is not None:
         raise UsageError("--judge is not available with --score-replies", args.judge,
                          "run the judge on a model evaluation instead")
-    request = RepliesRequest(files=list(args.score_replies), out=args.out, scorer=parse_scorer_spec(args.scorer),
-                             threads=args.threads, quiet=args.quiet)
+    request = RepliesRequest(
+        files=list(args.score_replies), out=args.out, scorer=parse_scorer_spec(args.scorer), threads=args.threads,
+        quiet=args.quiet,
+        suites=parse_list(args.suite, SUITES, "suite", "--suite") if args.suite else None,
+        langs=parse_list(_lang_aliases(args.lang), LANGS, "language", "--lang") if args.lang else None)
     return _show(score_replies(request), args)
 
 

@@ -46,6 +46,8 @@ class RepliesRequest:
     scorer: ScorerSpec = field(default_factory=lambda: ScorerSpec("lexicon"))
     threads: int | None = None
     quiet: bool = False
+    suites: list[str] | None = None  # keep only these suites (None: all in the files)
+    langs: list[str] | None = None  # keep only these languages (None: all in the files)
 
 
 @dataclass
@@ -197,6 +199,10 @@ def score_replies(request: RepliesRequest, write: bool = True) -> dict[str, Any]
                 raise UsageError(f"model {line.model!r} also appears in {sources[line.model]}", path,
                                  "give each model's replies in one file, or name the models apart")
             lines.append(line)
+    lines = [line for line in lines if (request.suites is None or line.item.suite in request.suites)
+             and (request.langs is None or line.item.lang in request.langs)]
+    if not lines:
+        raise UsageError("no reply left after --suite/--lang", request.files[0], "widen --suite or --lang")
     scores = _scores(request, lines)
     names = list(dict.fromkeys(line.model for line in lines))
     suites = [s for s in SUITES if any(line.item.suite == s for line in lines)]
