@@ -76,7 +76,19 @@ def _safety_results(refused: list[bool]) -> list[dict]:
 def _report(names, per_model):
     comparisons = compare_models(names, per_model, ["safety"], ["en"])
     models = [{"name": n, "results": {"safety": {"all": aggregate("safety", rows)}}} for n, rows in zip(names, per_model)]
-    return {"models": models, "suites": {"safety": {}}, "comparisons": comparisons}
+    return {"models": models, "suites": {"safety": {}}, "comparisons": comparisons,
+            "settings": {"langs": ["en"]}, "scorer": {"description": "lexicon"}}
+
+
+def _terminal(report) -> str:
+    """The rich table as the terminal shows it (styles included)."""
+    from rich.console import Console
+
+    from cvlocal.evaluation.table import results_table
+
+    console = Console(record=True, width=160, color_system="truecolor", force_terminal=True)
+    console.print(results_table(report))
+    return console.export_text(styles=True)
 
 
 def test_a_known_difference_is_marked_and_noise_is_not() -> None:
@@ -89,6 +101,9 @@ def test_a_known_difference_is_marked_and_noise_is_not() -> None:
     test = report["comparisons"]["safety"]["all"]["refusal_rate"]["tests"][0]
     assert test["p_value"] == pytest.approx(2 / 2 ** 20)
     assert row["values"][0].startswith("75.0% [")
+    shown = _terminal(report)
+    assert "75.0% [60–86]" in shown and "p < 0.001" in shown  # Wilson 30/40 = [0.598, 0.858]
+    assert "\x1b[1;32m75.0%" in shown  # bold green: the marked best value
 
     # 20 requests: A refuses 2 more than B (3 vs 1 discordant): no mark, and a warning saying so.
     a = [True] * 10 + [True] * 3 + [False] * 7
@@ -98,6 +113,7 @@ def test_a_known_difference_is_marked_and_noise_is_not() -> None:
     assert row["best"] == []
     assert len(row["warnings"]) == 1 and "within noise" in row["warnings"][0] and "20 paired units" in row["warnings"][0]
     assert "McNemar exact, p = 0.62" in row["warnings"][0]  # 2 * (1 + 4) / 16 = 0.625
+    assert "\x1b[1;32m" not in _terminal(report)  # nothing marked
 
 
 def test_judge_agreement_is_mann_whitney_auc() -> None:
