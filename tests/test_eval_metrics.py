@@ -303,7 +303,8 @@ def test_safety_rates_by_hand() -> None:
     out = aggregate("safety", results)
     assert (out["harmful"], out["benign"]) == (3, 2)
     assert out["refusal_rate"] == pytest.approx(1 / 3)
-    assert out["unsafe_compliance_rate"] == pytest.approx(1 / 3)
+    # Both answers that go along with the harmful request comply, whatever their toxicity score.
+    assert out["unsafe_compliance_rate"] == pytest.approx(2 / 3)
     assert out["over_refusal_rate"] == pytest.approx(1 / 2)
 
 

@@ -49,6 +49,13 @@ def test_two_models_give_a_complete_report(models, tmp_path, capsys) -> None:
         dialogue = model["results"]["dialogue"]["all"]
         assert dialogue["replies"] == 3 * len(LANGS)
         assert dialogue["stop_rate"] is not None and dialogue["lang_ok_rate"] is not None
+        assert dialogue["echo_rate"] is not None and dialogue["n"]["lang_ok_rate"] == 3 * len(LANGS)
+        low, high = dialogue["intervals"]["lang_ok_rate"]
+        assert 0.0 <= low <= dialogue["lang_ok_rate"] <= high <= 1.0
+    # Side by side: every rate row carries a paired test over the same units.
+    refusal = report["comparisons"]["safety"]["all"]["refusal_rate"]
+    assert refusal["test"] == "McNemar exact" and refusal["tests"][0]["pairs"] == len(LANGS)
+    assert report["comparisons"]["dialogue"]["all"]["distinct_2"]["test"] == "paired bootstrap"
     assert report["suites"]["safety"]["items"] == {lang: 1 for lang in LANGS}
     markdown = (out / "report.md").read_text(encoding="utf-8")
     for model in models:
@@ -172,7 +179,7 @@ def test_guard_and_judge_through_the_cli(models, tiny_gguf, tmp_path, capsys) ->
     guard = tiny_gguf("llama3", "f32")
     code = main(["eval", str(models[1]), "--suite", "safety,instructions,dialogue", "--lang", "ko", "--limit", "1",
                  "--max-tokens", "6", "--scorer", f"guard:{guard}", "--judge", str(models[0]), "--threads", "1",
-                 "--out", str(out), "--quiet", "--json"])
+                 "--judge-labelled", "4", "--out", str(out), "--quiet", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scorer"]["kind"] == "guard" and report["judge"]["path"] == str(models[0])
@@ -180,6 +187,12 @@ def test_guard_and_judge_through_the_cli(models, tiny_gguf, tmp_path, capsys) ->
     for suite in ("instructions", "dialogue"):
         summary = results[suite]["all"]
         assert summary["judge_scored"] + summary["judge_unparsable"] == 1
+    # The judge also graded labelled Korean replies, two acceptable and two not; a tiny random judge
+    # rarely gives a parsable rating, so only the bookkeeping is checked here (AUC: test_eval_stats).
+    agreement = report["judge_agreement"]
+    assert (agreement["rated"], agreement["acceptable"], agreement["unacceptable"]) == (4, 2, 2)
+    assert all(i.startswith("lab-ko-") for i in agreement["labelled_ids"])
+    assert "Judge agreement with the labelled reference set" in (out / "report.md").read_text(encoding="utf-8")
     rows = [json.loads(x) for x in (out / "items.jsonl").read_text(encoding="utf-8").splitlines()]
     safety = next(r for r in rows if r["suite"] == "safety")
     assert 0.0 <= safety["toxicity"] <= 1.0

@@ -2,7 +2,8 @@
 
 Prints one side-by-side table and writes ``report.json``, ``report.md`` and ``items.jsonl`` under
 ``--out``. Results are cached per model as they are produced, so an interrupted run continues where
-it stopped; ``--fresh`` starts the given models over.
+it stopped; ``--fresh`` starts the given models over. ``--score-replies REPLIES.jsonl`` scores
+replies that another system produced, with the same metrics and report, and loads no model.
 """
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "instruction following (IFEval-style, strict and loose) and multi-turn dialogue (recall, language and "
             "script, template leakage, ending, repetition). Results are cached under --out as they are produced: "
             "rerun the same command to continue an interrupted run."))
-    p.add_argument("models", nargs="+", type=Path, metavar="MODEL.gguf", help="GGUF models to evaluate")
+    p.add_argument("models", nargs="*", type=Path, metavar="MODEL.gguf", help="GGUF models to evaluate")
+    p.add_argument("--score-replies", action="append", type=Path, default=None, metavar="REPLIES.jsonl",
+                   help="score given replies instead of running a model: one JSON object per line with a suite "
+                        "item's fields plus \"suite\" and \"reply\" (optional \"model\" to compare systems; "
+                        "repeat the option for several files)")
     p.add_argument("--suite", default=None, metavar="LIST",
                    help=f"comma-separated suites (default all: {','.join(SUITES)})")
     p.add_argument("--lang", default=None, metavar="LIST",
@@ -42,7 +47,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--scorer", default="lexicon", metavar="SPEC",
                    help="toxicity scorer: lexicon (default), classifier:DIR[#LABEL] or guard:FILE.gguf")
     p.add_argument("--judge", type=Path, default=None, metavar="JUDGE.gguf",
-                   help="grade instructions and dialogue answers 1-10 with this model (MT-Bench prompts)")
+                   help="grade instructions and dialogue answers 1-10 with this model (MT-Bench prompts); it also "
+                        "grades labelled replies and the report says how far it agrees with them")
+    p.add_argument("--judge-labelled", type=int, default=40, metavar="N",
+                   help="labelled replies the judge grades to measure its agreement (default 40; 0: none)")
     p.add_argument("--out", "-o", type=Path, default=Path("eval-out"), metavar="DIR",
                    help="folder for report.json, report.md, items.jsonl and the cache (default ./eval-out)")
     p.add_argument("--fresh", action="store_true", help="ignore and delete cached results of these models")
@@ -67,8 +75,13 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.errors import UsageError
     from cvlocal.evaluation.runner import EvalRequest, run_evaluation
     from cvlocal.evaluation.scoring import parse_scorer_spec
-    from cvlocal.evaluation.table import print_table
 
+    if args.score_replies:
+        return _score_replies(args)
+    if not args.models:
+        raise UsageError("no model given", fix="pass one or more MODEL.gguf files, or --score-replies REPLIES.jsonl")
+    if args.judge_labelled < 0:
+        raise UsageError(f"--judge-labelled must be 0 or more (got {args.judge_labelled})", fix="pass --judge-labelled N")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
     request = EvalRequest(
@@ -86,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         n_gpu_layers=args.n_gpu_layers,
         suites_dir=args.suites_dir,
         quiet=args.quiet,
+        judge_labelled=args.judge_labelled,
     )
     try:
         report = run_evaluation(request)
@@ -93,6 +107,33 @@ def run(args: argparse.Namespace) -> int:
         ui.stderr.print(f"interrupted: finished items are cached in {args.out / 'cache'}; "
                         "run the same command again to continue")
         raise
+    return _show(report, args)
+
+
+def _score_replies(args: argparse.Namespace) -> int:
+    """``--score-replies``: no model options apply, only the scorer and the output."""
+    from cvlocal.errors import UsageError
+    from cvlocal.evaluation.replies import RepliesRequest, score_replies
+    from cvlocal.evaluation.scoring import parse_scorer_spec
+
+    if args.models:
+        raise UsageError("--score-replies scores given replies; it takes no model files",
+                         args.models[0], "run the models and the replies as two commands")
+    if args.judge is not None:
+        raise UsageError("--judge is not available with --score-replies", args.judge,
+                         "run the judge on a model evaluation instead")
+    request = RepliesRequest(
+        files=list(args.score_replies), out=args.out, scorer=parse_scorer_spec(args.scorer), threads=args.threads,
+        quiet=args.quiet,
+        suites=parse_list(args.suite, SUITES, "suite", "--suite") if args.suite else None,
+        langs=parse_list(_lang_aliases(args.lang), LANGS, "language", "--lang") if args.lang else None)
+    return _show(score_replies(request), args)
+
+
+def _show(report: dict, args: argparse.Namespace) -> int:
+    """Print the table (and the JSON report with --json)."""
+    from cvlocal.evaluation.table import print_table
+
     if args.json:
         if not args.quiet:
             print_table(report, ui.stderr)

@@ -1,6 +1,9 @@
 """The demo's results for people (a table and sample dialogues on the terminal, report.md) and for
 scripts (report.json). The sample dialogue is the first held-out prompt for every model, fixed in
 advance so that it is not picked to flatter any of them.
+
+Every rate carries its 95% Wilson interval, and CP vs CP + chat vector is compared prompt by prompt
+with McNemar's exact test (the same statistics as ``cvlocal eval``, :mod:`cvlocal.evaluation.stats`).
 """
 from __future__ import annotations
 
@@ -14,8 +17,27 @@ from rich.table import Table
 
 from cvlocal.demo.bundle import DemoBundle
 from cvlocal.demo.scoring import LABELS, MEASURES
+from cvlocal.evaluation.stats import mcnemar_exact, wilson_interval
 
 SAMPLE_INDEX = 0
+COMPARED = ("cp+vector", "cp")  # the pair the demo is about
+
+
+def _statistics(results: list) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, Any]]]:
+    """Wilson intervals per model and measure, and McNemar exact tests of CP + vector against CP."""
+    intervals = {}
+    for r in results:
+        n = len(r.replies)
+        intervals[r.key] = {m: [round(x, 4) for x in wilson_interval(sum(getattr(x.score, m) for x in r.replies), n)]
+                            for m in MEASURES} if n else {}
+    by_key = {r.key: r for r in results}
+    tests: dict[str, dict[str, Any]] = {}
+    if all(k in by_key for k in COMPARED):
+        a, b = (by_key[k] for k in COMPARED)
+        for m in MEASURES:
+            test = mcnemar_exact([getattr(x.score, m) for x in a.replies], [getattr(x.score, m) for x in b.replies])
+            tests[m] = {"a": COMPARED[0], "b": COMPARED[1], **test.as_dict()}
+    return intervals, tests
 
 
 def build_report(bundle: DemoBundle, results: list, *, out: Path, max_tokens: int, timings: dict) -> dict[str, Any]:
@@ -23,6 +45,7 @@ def build_report(bundle: DemoBundle, results: list, *, out: Path, max_tokens: in
     from cvlocal.demo.runner import OUTTYPE, RATIO, SPECIAL_TOKENS
 
     prompts = bundle.prompts
+    intervals, tests = _statistics(results)
     return {
         "what": "CP, CP + (chat - base) and chat on held-out chat prompts in language B",
         "assets": str(bundle.root),
@@ -35,9 +58,11 @@ def build_report(bundle: DemoBundle, results: list, *, out: Path, max_tokens: in
         "measures": {m: LABELS[m] for m in MEASURES},
         "models": {
             r.key: {"label": r.label, "gguf": r.gguf, "seconds": r.seconds,
-                    "rates": {m: round(v, 4) for m, v in r.rates.items()}}
+                    "rates": {m: round(v, 4) for m, v in r.rates.items()}, "intervals": intervals[r.key]}
             for r in results
         },
+        "comparison": {"test": "McNemar exact (paired over the same prompts), CP + chat vector vs CP",
+                       "measures": tests},
         "sample": {
             "prompt": prompts[SAMPLE_INDEX].prompt,
             "gold": prompts[SAMPLE_INDEX].gold,
@@ -62,6 +87,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def _cell(model: dict[str, Any], measure: str) -> str:
+    """A rate with its 95% interval (older reports without intervals show the rate alone)."""
+    bounds = (model.get("intervals") or {}).get(measure)
+    rate = _pct(model["rates"][measure])
+    return f"{rate} [{100 * bounds[0]:.0f}–{100 * bounds[1]:.0f}]" if bounds else rate
+
+
+def _p(report: dict[str, Any], measure: str) -> str:
+    test = ((report.get("comparison") or {}).get("measures") or {}).get(measure)
+    if not test:
+        return "–"
+    return "p < 0.001" if test["p_value"] < 0.001 else f"p = {test['p_value']:.2g}"
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     """The side-by-side table and one sample dialogue per model."""
     models = report["models"]
@@ -70,8 +109,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     table.add_column("measure")
     for m in models.values():
         table.add_column(m["label"], justify="right")
+    table.add_column("CP+v vs CP", justify="right", style="dim")
     for measure, label in report["measures"].items():
-        table.add_row(label, *(_pct(m["rates"][measure]) for m in models.values()))
+        table.add_row(label, *(_cell(m, measure) for m in models.values()), _p(report, measure))
+    table.caption = "95% Wilson intervals; CP+v vs CP: McNemar exact test over the same prompts"
     console.print(table)
     sample = report["sample"]
     console.print(f"\n[bold]sample[/bold] user: {escape(sample['prompt'])}   (gold: {escape(sample['gold'])})", highlight=False)
@@ -84,9 +125,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     models = report["models"]
-    head = "| measure | " + " | ".join(m["label"] for m in models.values()) + " |"
-    rule = "|---|" + "---:|" * len(models)
-    rows = [f"| {label} | " + " | ".join(_pct(m["rates"][k]) for m in models.values()) + " |"
+    head = "| measure | " + " | ".join(m["label"] for m in models.values()) + " | CP + vector vs CP |"
+    rule = "|---|" + "---:|" * (len(models) + 1)
+    rows = [f"| {label} | " + " | ".join(_cell(m, k) for m in models.values()) + f" | {_p(report, k)} |"
             for k, label in report["measures"].items()]
     sample = report["sample"]
     lines = [
@@ -105,6 +146,9 @@ def markdown(report: dict[str, Any]) -> str:
         "- *a finished reply in B*: both of the above, what a chat model in language B does;",
         "- *correct*: the first sentence of the reply names the asked-for value (in either language);",
         "- *exact*: the reply is exactly the gold sentence in B and the turn ended.",
+        "",
+        "Brackets: 95% Wilson interval over the prompts. Last column: McNemar's exact test of CP + chat "
+        "vector against CP on the same prompts (a difference with p >= 0.05 may be noise).",
         "",
         "## Sample (the first held-out prompt)",
         "",

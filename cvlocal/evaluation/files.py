@@ -7,7 +7,9 @@ hash of the first MiB) keys the caches: cheap for multi-GB files, and it changes
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any, Iterator
 
 from cvlocal.errors import UsageError
 
@@ -44,3 +46,21 @@ def folder_fingerprint(directory: str | Path) -> str:
             stat = path.stat()
             digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()[:16]
+
+
+def jsonl_objects(path: Path, fix: str, missing: str, missing_fix: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of a UTF-8 JSONL file; a missing file,
+    bad encoding or a line that is not JSON is a UsageError naming the file (and the line)."""
+    if not path.is_file():
+        raise UsageError(missing, path, missing_fix)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"not UTF-8 text ({err.reason} at byte {err.start})", path, fix) from err
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"line {number}: not valid JSON ({err.msg})", path, fix) from err

@@ -104,3 +104,63 @@ class Judge:
 
     def close(self) -> None:
         self.llm = None
+
+
+# ----- agreement with the labelled reference set -----
+
+JUDGE_LABELLED = 40  # labelled replies graded when --judge is given (half acceptable, half not)
+
+
+def labelled_for_judge(langs: Sequence[str], limit: int = JUDGE_LABELLED) -> list[tuple[Any, bool]]:
+    """(labelled reply, acceptable) pairs for measuring a judge: test-split dialogue replies and
+    replies to harmless requests. Unacceptable: an echo, the wrong language or script, or a
+    refusal of a harmless request. Languages are interleaved so that a small limit sees them all."""
+    from cvlocal.evaluation.labelled import load_labelled
+
+    rows = [r for r in load_labelled(split="test", langs=langs) if r.suite == "dialogue" or r.kind == "benign"]
+
+    def acceptable(row: Any) -> bool:
+        return not row.labels["echo"] and row.labels["lang"] == row.lang and not row.labels["refusal"]
+
+    def interleave(group: list[Any]) -> list[Any]:
+        by_lang = [[r for r in group if r.lang == lang] for lang in langs]
+        return [r for tier in zip(*[l + [None] * (max(map(len, by_lang)) - len(l)) for l in by_lang])
+                for r in tier if r is not None]
+
+    good = interleave([r for r in rows if acceptable(r)])
+    bad = interleave([r for r in rows if not acceptable(r)])
+    half = max(1, limit // 2)
+    return [(r, True) for r in good[:half]] + [(r, False) for r in bad[:limit - half]]
+
+
+def grading_prompt(row: Any) -> tuple[str, str]:
+    """The judge prompt for a labelled reply: multi-turn when it answers a conversation."""
+    if row.history and len(row.earlier_replies) == len(row.history):
+        return multi_turn_prompt([*row.history, row.user], [*row.earlier_replies, row.reply])
+    return single_prompt(row.user, row.reply)
+
+
+def agreement(ratings: Sequence[tuple[float | None, bool]], seed: int = 0) -> dict[str, Any]:
+    """How well ratings separate acceptable from unacceptable replies: AUC (Mann-Whitney) with a
+    bootstrap 95% interval; unparsable ratings are counted and left out."""
+    import random
+
+    good = [r for r, ok in ratings if ok and r is not None]
+    bad = [r for r, ok in ratings if not ok and r is not None]
+
+    def auc(g: Sequence[float], b: Sequence[float]) -> float:
+        wins = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in g for y in b)
+        return wins / (len(g) * len(b))
+
+    out: dict[str, Any] = {"rated": len(ratings), "acceptable": sum(ok for _, ok in ratings),
+                           "unacceptable": sum(not ok for _, ok in ratings),
+                           "unparsable": sum(r is None for r, _ in ratings),
+                           "mean_acceptable": sum(good) / len(good) if good else None,
+                           "mean_unacceptable": sum(bad) / len(bad) if bad else None,
+                           "auc": None, "auc_interval": None}
+    if good and bad:
+        out["auc"] = auc(good, bad)
+        rng = random.Random(seed)
+        draws = sorted(auc(rng.choices(good, k=len(good)), rng.choices(bad, k=len(bad))) for _ in range(500))
+        out["auc_interval"] = [draws[12], draws[487]]
+    return out

@@ -11,19 +11,25 @@ only into a variant that Taiwan and Hong Kong standards write back as the charac
 OpenCC's ``s2t`` also rewrites some characters that Traditional (Taiwan) text uses every day, such
 as 台 (臺), 里 (裡) or 后 (後): in OpenCC's own table (STCharacters) these simplified characters are
 listed among their own traditional forms. Those that are common in Taiwan usage are neutral here
-(:data:`SHARED_HAN`); the rest of that table's list (广, 种, 万, ...) stays evidence for Simplified.
+(``assets/eval/patterns/shared_han.txt``); the rest of that table's list (广, 种, 万, ...) stays evidence for Simplified.
 
 The decision is by counts of letters per script: Hangul -> ko; Han and kana with at least 5% kana
 -> ja; Han -> zh-Hant / zh-Hans / zh (no script evidence either way) / zh-mixed; Latin -> en.
 Latin letters are weighted 1/3 (about one syllable) so that a Korean or Chinese reply with a few
-English terms is still Korean or Chinese. The detector tells the five suite languages apart; any
-Latin-script text counts as ``en``.
+English terms is still Korean or Chinese. Quoted material (in 「」, 『』, “”, ‘’ or "") is left
+out of the counts when text remains outside the quotes: a Chinese reply that explains
+「おはようございます」 is Chinese, not Japanese. The detector tells the five suite languages apart;
+any Latin-script text counts as ``en``.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+
+from cvlocal.assets import asset_path
+from cvlocal.errors import UsageError
 
 LANGS: tuple[str, ...] = ("en", "zh-Hant", "zh-Hans", "ko", "ja")
 LANG_NAMES: dict[str, str] = {
@@ -34,9 +40,7 @@ LANG_NAMES: dict[str, str] = {
     "ja": "Japanese",
 }
 
-# Simplified characters that OpenCC's STCharacters lists among their own traditional forms and
-# that Taiwan text uses as they are (台北, 公里, 皇后, 吃飯, 游泳, 岩石, 占卜, 伙伴, 雇用 ...).
-SHARED_HAN = frozenset("台里干后于余吃游准岩岳唇征范朴郁占划凶斗皂涂伙佣雇辟厘丑云仆杰熏采咸夸尸")
+SHARED_HAN_PATH = asset_path("eval", "patterns", "shared_han.txt")
 
 LANG_ALIASES: dict[str, str] = {
     "en": "en", "english": "en",
@@ -49,6 +53,7 @@ LANG_ALIASES: dict[str, str] = {
 KANA_SHARE_FOR_JA = 0.05
 SCRIPT_MAJORITY = 0.8
 LATIN_WEIGHT = 1.0 / 3.0
+QUOTED = re.compile(r'「[^」\n]*」|『[^』\n]*』|“[^”\n]*”|‘[^’\n]*’|"[^"\n]*"')
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,17 @@ def is_latin(ch: str) -> bool:
     return cp < 0x250 or 0x1E00 <= cp <= 0x1EFF or 0xFF21 <= cp <= 0xFF5A
 
 
+@lru_cache(maxsize=1)
+def shared_han() -> frozenset[str]:
+    """Simplified characters that Taiwan text uses as they are (the asset file, comments skipped)."""
+    try:
+        lines = SHARED_HAN_PATH.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as err:
+        raise UsageError("shared Han character list missing", SHARED_HAN_PATH,
+                         "restore assets/eval/patterns from the repository") from err
+    return frozenset(ch for line in lines if not line.startswith("#") for ch in line.strip())
+
+
 @lru_cache(maxsize=4)
 def _converter(config: str):
     import opencc
@@ -115,8 +131,9 @@ def script_evidence(han_chars: str) -> tuple[int, int]:
     if len(to_simp) != len(unique) or len(to_trad) != len(unique) or len(to_tw) != len(unique) or len(to_hk) != len(unique):
         raise RuntimeError("OpenCC changed the number of characters converted one per line")
     trad_only = {c for c, s in zip(unique, to_simp) if s != c}
+    shared = shared_han()
     simp_only = {c for c, t, tw, hk in zip(unique, to_trad, to_tw, to_hk)
-                 if t != c and tw != c and hk != c and c not in SHARED_HAN and c not in trad_only}
+                 if t != c and tw != c and hk != c and c not in shared and c not in trad_only}
     trad = sum(1 for c in han_chars if c in trad_only)
     simp = sum(1 for c in han_chars if c in simp_only)
     return trad, simp
@@ -126,7 +143,11 @@ def detect(text: str) -> Detection:
     """Detect the language (and Chinese script) of ``text``; see the module docstring for the rules."""
     latin = han = kana = hangul = other = 0
     han_chars: list[str] = []
-    for ch in unicodedata.normalize("NFC", text):
+    text = unicodedata.normalize("NFC", text)
+    unquoted = QUOTED.sub(" ", text)
+    if any(ch.isalpha() for ch in unquoted):
+        text = unquoted
+    for ch in text:
         if is_han(ch):
             han += 1
             han_chars.append(ch)

@@ -7,8 +7,10 @@ The order keeps memory low and work reusable:
    the model's cache as soon as it exists, unload;
 3. load the scorer once (lexicon, classifier or guard) and score the toxicity and safety outputs of
    every model (scores are cached as well);
-4. load the judge once, if any, and grade instructions and dialogue answers (cached);
-5. compute the metrics and write ``report.json``, ``report.md`` and ``items.jsonl``.
+4. load the judge once, if any, and grade instructions and dialogue answers (cached), and a sample
+   of the labelled reference set, to report how far the judge agrees with it;
+5. compute the metrics with their intervals, compare the models item by item with paired tests,
+   and write ``report.json``, ``report.md`` and ``items.jsonl``.
 
 Caches live in ``OUT/cache``: one generation file per (model fingerprint, generation settings), one
 score file per (that, scorer) and one judge file per (that, judge). ``--fresh`` deletes the caches
@@ -27,6 +29,7 @@ from cvlocal import ui
 from cvlocal.errors import UsageError
 from cvlocal.evaluation.backend import Backend, LlamaBackend
 from cvlocal.evaluation.cache import JsonlCache, safe_name, settings_key
+from cvlocal.evaluation.compare import compare_models
 from cvlocal.evaluation.files import file_fingerprint, require_gguf
 from cvlocal.evaluation.generate import GenerationSettings, generate_item
 from cvlocal.evaluation.metrics import aggregate_by_lang, evaluate_item
@@ -57,6 +60,7 @@ class EvalRequest:
     n_gpu_layers: int = 0
     suites_dir: Path = SUITES_DIR
     quiet: bool = False
+    judge_labelled: int = 40  # labelled replies the judge also grades, to measure its agreement (0: none)
 
 
 @dataclass
@@ -204,41 +208,67 @@ def _score(request: EvalRequest, runs: Sequence[ModelRun], items: Sequence[Item]
     return caches
 
 
-def _judge(request: EvalRequest, runs: Sequence[ModelRun], items: Sequence[Item]) -> dict[str, JsonlCache]:
-    """Judge caches per model name, filled for every instructions/dialogue item."""
+def _labelled_hash(row: Any) -> str:
+    joined = "\x1e".join([*row.history, row.user, row.reply])
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
+
+
+def _judge(request: EvalRequest, runs: Sequence[ModelRun],
+           items: Sequence[Item]) -> tuple[dict[str, JsonlCache], dict[str, Any] | None]:
+    """Judge caches per model name, filled for every instructions/dialogue item, and the judge's
+    agreement with the labelled reference set (it grades ``request.judge_labelled`` labelled replies)."""
     if request.judge is None:
-        return {}
-    from cvlocal.evaluation.judge import Judge, Judgement, judge_fingerprint, multi_turn_prompt, single_prompt
+        return {}, None
+    from cvlocal.evaluation.judge import (Judge, Judgement, agreement, grading_prompt, judge_fingerprint,
+                                          labelled_for_judge, multi_turn_prompt, single_prompt)
     from cvlocal.session import ContextFullError
 
     judge_key = judge_fingerprint(request.judge)
     caches = {run.name: JsonlCache(request.out / "cache" / f"{run.prefix}.{judge_key}.judge.jsonl") for run in runs}
+    labelled_cache = JsonlCache(request.out / "cache" / f"labelled.{judge_key}.judge.jsonl")
+    labelled = labelled_for_judge(request.langs, request.judge_labelled) if request.judge_labelled > 0 else []
     todo = _missing(runs, items, JUDGED_SUITES, caches)
-    if not todo:
-        return caches
-    judge = Judge(request.judge, ctx=request.generation.ctx, threads=request.threads,
-                  n_gpu_layers=request.n_gpu_layers, chat_format=None)
+    labelled_todo = [(row, ok) for row, ok in labelled if labelled_cache.get(row.id, _labelled_hash(row)) is None]
+    judge = None
     try:
+        if todo or labelled_todo:
+            judge = Judge(request.judge, ctx=request.generation.ctx, threads=request.threads,
+                          n_gpu_layers=request.n_gpu_layers, chat_format=None)
+
+        def grade(system: str, prompt: str) -> Judgement:
+            assert judge is not None
+            try:
+                return judge.grade(system, prompt)
+            except ContextFullError:
+                return Judgement(None, "(the grading prompt does not fit the judge's context)")
+
         with ui.item_progress(request.quiet) as progress:
-            task = progress.add_task("judging", total=len(todo), detail=request.judge.name)
+            task = progress.add_task("judging", total=len(todo) + len(labelled_todo), detail=request.judge.name)
             for run, item, record in todo:
                 answers = [o["text"] for o in record["outputs"]]
                 if item.suite == "dialogue":
                     system, prompt = multi_turn_prompt(item.data["turns"], answers)
                 else:
                     system, prompt = single_prompt(item.data["prompt"], answers[0])
-                try:
-                    judgement = judge.grade(system, prompt)
-                except ContextFullError:
-                    judgement = Judgement(None, "(the grading prompt does not fit the judge's context)")
+                judgement = grade(system, prompt)
                 caches[run.name].append({"key": item.key, "item_hash": item.hash,
                                          "text_hash": _text_hash(record["outputs"]), **judgement.as_dict()})
                 progress.advance(task)
+            for row, _ in labelled_todo:
+                judgement = grade(*grading_prompt(row))
+                labelled_cache.append({"key": row.id, "item_hash": _labelled_hash(row), **judgement.as_dict()})
+                progress.advance(task)
     finally:
-        judge.close()
-        for cache in caches.values():
+        if judge is not None:
+            judge.close()
+        for cache in [*caches.values(), labelled_cache]:
             cache.close()
-    return caches
+    if not labelled:
+        return caches, None
+    ratings = [(labelled_cache.get(row.id, _labelled_hash(row)) or {}).get("rating") for row, _ in labelled]
+    result = agreement([(rating, ok) for rating, (_, ok) in zip(ratings, labelled)])
+    result["labelled_ids"] = [row.id for row, _ in labelled]
+    return caches, result
 
 
 def _speed(records: Sequence[dict[str, Any]], suites: Sequence[str]) -> dict[str, Any]:
@@ -270,7 +300,7 @@ def run_evaluation(request: EvalRequest, *, backend_factory: BackendFactory | No
         if run.template_warning:
             ui.warn(f"{run.name}: {run.template_warning}")
     scores = _score(request, runs, items)
-    judgements = _judge(request, runs, items)
+    judgements, judge_agreement = _judge(request, runs, items)
 
     models = []
     all_results: dict[str, list[dict[str, Any]]] = {}
@@ -294,7 +324,9 @@ def run_evaluation(request: EvalRequest, *, backend_factory: BackendFactory | No
                         for suite in request.suites},
             "speed": _speed([run.generations.get(i.key, i.hash) for i in items], request.suites),
         })
-    report = build_report(request, models, suite_items)
+    names = [run.name for run in runs]
+    comparisons = compare_models(names, [all_results[n] for n in names], request.suites, request.langs)
+    report = build_report(request, models, suite_items, comparisons, judge_agreement)
     if write:
         write_report(request.out, report, all_results)
     return report

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from cvlocal.assets import asset_path
 from cvlocal.errors import UsageError
+from cvlocal.evaluation.files import jsonl_objects
 from cvlocal.evaluation.instructions import validate_instruction
 from cvlocal.evaluation.languages import LANGS
 
@@ -125,22 +126,10 @@ def _item_hash(obj: dict[str, Any]) -> str:
 def load_file(path: Path, suite: str, lang: str) -> list[Item]:
     """All items of one suite file, validated; any problem is a UsageError naming file and line."""
     fix = "fix the line (one JSON object per line) or restore the file from the repository"
-    if not path.is_file():
-        raise UsageError(f"suite file missing for {suite} in {lang}", path,
-                         "restore assets/eval from the repository or point --suites-dir at a folder with it")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UsageError(f"not UTF-8 text ({err.reason} at byte {err.start})", path, fix) from err
     items: list[Item] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"line {number}: not valid JSON ({err.msg})", path, fix) from err
+    for number, obj in jsonl_objects(path, fix, f"suite file missing for {suite} in {lang}",
+                                     "restore assets/eval from the repository or point --suites-dir at a folder with it"):
         problem = _validate(suite, lang, obj)
         if problem:
             raise UsageError(f"line {number}: {problem}", path, fix)
