@@ -97,6 +97,10 @@ class ScriptHost:
         self.stdout = stdout
         self._plain = PlainReply(stdout)
 
+    def confirm(self, question: str) -> bool:
+        """A script cannot be asked: the answer is no (``/save!`` replaces without asking)."""
+        return False
+
     def show_reply(self, produce: Callable[[Callable[[str], None]], Turn]) -> Turn | None:
         turn = produce(lambda text: None) if self.as_json else self._plain.run(produce)
         if turn.finish_reason == "interrupted":
