@@ -327,5 +327,5 @@ def run_command(host: Host, line: str) -> object | None:
         message = f"{where}{err.strerror or err}"
     except Exception as err:  # noqa: BLE001 - a command's failure must not end the chat
         message = f"/{name} failed ({type(err).__name__}: {err})"
-    host.out.print(f"error: {message}", markup=False, style="red")
+    host.out.print(f"error: {message}", markup=False, style="red", soft_wrap=True)  # one line, however long
     return None

@@ -37,8 +37,9 @@ class Repl:
             self.out.print(f"error: {err}", style="red", markup=False)
             return None
         if turn.dropped_turns:
-            self.out.print(f"(dropped the {turn.dropped_turns} oldest exchange(s) to fit the context of "
-                           f"{self.session.n_ctx} tokens; the system prompt stays)", style="yellow", markup=False)
+            self.out.print(f"(dropped the {turn.dropped_turns} oldest exchange(s) from what the model sees, to fit "
+                           f"the context of {self.session.n_ctx} tokens; the system prompt stays, and the "
+                           "conversation and /save keep every turn)", style="yellow", markup=False)
         if turn.finish_reason == "interrupted":
             self.out.print("(stopped; the partial reply is kept — /undo removes it, /regen redoes it)",
                            style="yellow", markup=False)

@@ -106,7 +106,8 @@ class ScriptHost:
         if turn.finish_reason == "interrupted":
             raise KeyboardInterrupt  # in a script, Ctrl-C ends the run, not just the reply
         if turn.dropped_turns:
-            ui.warn(f"dropped the {turn.dropped_turns} oldest exchange(s) to fit the context of {self.session.n_ctx} tokens")
+            ui.warn(f"dropped the {turn.dropped_turns} oldest exchange(s) from what the model sees, to fit the context "
+                    f"of {self.session.n_ctx} tokens (the transcript keeps them)")
         if not self.quiet:
             ui.stderr.print(turn_summary(turn), style="dim", markup=False)
         return turn

@@ -136,7 +136,11 @@ def write_transcript(session: Any, target: Path) -> Path:
 
 def save_transcript(session: Any, path: str | Path, *, replace: bool = False) -> Path:
     """Save the session to ``path`` (see :func:`save_target`); returns the file written."""
-    return write_transcript(session, save_target(path, replace=replace))
+    try:
+        target = save_target(path, replace=replace)
+    except OSError as err:  # a name too long, a loop of symlinks ...
+        raise _write_error(err, Path(path)) from err
+    return write_transcript(session, target)
 
 
 def _turns(data: dict[str, Any], path: Path, replies: int) -> list[Turn]:
