@@ -307,7 +307,9 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 def test_script_json_and_text(model: Path, tmp_path: Path) -> None:
     script = tmp_path / "turns.txt"
-    script.write_text('你好\n\n/set max_tokens 5\n"""multi\nline 한국어"""\n//slash message\n', encoding="utf-8")
+    saved = tmp_path / "s.json"
+    script.write_text(f'你好\n\n/set max_tokens 5\n"""multi\nline 한국어"""\n//slash message\n/save {saved}\n',
+                      encoding="utf-8")
     done = run_cli("chat", str(model), "--script", str(script), "--json", "--max-tokens", "12", "--temperature", "0",
                    "--threads", "1", "--quiet")
     assert done.returncode == 0, done.stderr
@@ -320,6 +322,9 @@ def test_script_json_and_text(model: Path, tmp_path: Path) -> None:
     text = run_cli("chat", str(model), "--script", str(script), "--max-tokens", "12", "--temperature", "0",
                    "--threads", "1", "--quiet")
     assert text.returncode == 0, text.stderr
+    # the first run saved s.json; a script cannot be asked, so the second run keeps it
+    assert f"not saved: {saved} exists (/save! {saved} replaces it)" in text.stderr
+    assert json.loads(saved.read_text(encoding="utf-8"))["messages"] == data["messages"]
     assert text.stdout.startswith(">>> 你好\n")
     assert ">>> multi\nline 한국어\n" in text.stdout
     # the same greedy replies in both forms

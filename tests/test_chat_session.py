@@ -325,6 +325,41 @@ def test_split_characters_from_a_real_tokenizer_are_buffered(tiny_gguf) -> None:
     assert result.finish_reason == "stop" and result.completion_tokens == len(ids)
 
 
+def test_ctrl_c_inside_a_character_drops_its_bytes_and_tokens(tiny_gguf) -> None:
+    """Issue 12: a real SIGINT arriving between the byte tokens of one character.
+
+    The llama2 vocabulary spells 鱉 with byte-fallback tokens (checked below with llama.cpp's own
+    token bytes); the replayed reply stops after the first of them.
+    """
+    llm = load_llama(tiny_gguf("llama2", "f32"), ctx=256, threads=1)
+    whole = llm.tokenize("臺灣".encode(), add_bos=False, special=False)
+    cut = llm.tokenize("臺灣鱉".encode(), add_bos=False, special=False)
+    assert cut[:len(whole)] == whole
+    first = llm.detokenize(cut[len(whole):len(whole) + 1])
+    assert first and first[0] >= 0xE0 and len(first) < 3, "鱉 must start with a partial byte token"
+
+    class Replay:
+        def __init__(self, real):
+            self.real = real
+            self.ctx = real.ctx
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def generate(self, tokens, **kwargs):
+            yield from whole
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the next token is on its way
+            yield cut[len(whole)]
+            yield from cut[len(whole) + 1:]
+            yield llm.token_eos()
+
+    result = generate_text(Replay(llm), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
+                           stop_ids={llm.token_eos()}, strip_leading=True)
+    assert result.finish_reason == "interrupted"
+    assert result.text == "臺灣"  # was "臺灣\ufffd"
+    assert result.token_ids == whole and result.completion_tokens == len(whole) + 1
+
+
 def test_load_llama_bad_paths(tmp_path) -> None:
     with pytest.raises(UsageError, match="no such GGUF file"):
         load_llama(tmp_path / "missing.gguf")
