@@ -62,6 +62,21 @@ def hf_prompt_ids(tokenizer, messages) -> list[int]:
     return list(ids)
 
 
+class Replay:
+    """The real llama, except that generate() yields the ids ``reply()`` gives (real ids of a chosen text)."""
+
+    def __init__(self, real, reply):
+        self.real = real
+        self.ctx = real.ctx
+        self._reply = reply
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def generate(self, tokens, **kwargs):
+        yield from self._reply()
+
+
 @pytest.fixture(scope="module")
 def llama3(tiny_gguf):
     return load_llama(tiny_gguf("llama3", "f32"), ctx=1024, threads=1)
@@ -304,21 +319,8 @@ def test_split_characters_from_a_real_tokenizer_are_buffered(tiny_gguf) -> None:
     assert broken, "the test needs tokens that end inside a character"
     eos = llm.token_eos()
 
-    class Replay:
-        """The real llama, except that generate() yields the ids of ``text`` then eos."""
-
-        def __init__(self, real):
-            self.real = real
-            self.ctx = real.ctx
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-        def generate(self, tokens, **kwargs):
-            yield from [*ids, eos]
-
     pieces: list[str] = []
-    result = generate_text(Replay(llm), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
+    result = generate_text(Replay(llm, lambda: iter([*ids, eos])), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
                            stop_ids={eos}, on_text=pieces.append, strip_leading=True)
     assert "".join(pieces) == text == result.text
     assert all("\ufffd" not in p for p in pieces)
@@ -338,22 +340,14 @@ def test_ctrl_c_inside_a_character_drops_its_bytes_and_tokens(tiny_gguf) -> None
     first = llm.detokenize(cut[len(whole):len(whole) + 1])
     assert first and first[0] >= 0xE0 and len(first) < 3, "鱉 must start with a partial byte token"
 
-    class Replay:
-        def __init__(self, real):
-            self.real = real
-            self.ctx = real.ctx
+    def reply():
+        yield from whole
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the next token is on its way
+        yield cut[len(whole)]
+        yield from cut[len(whole) + 1:]
+        yield llm.token_eos()
 
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-        def generate(self, tokens, **kwargs):
-            yield from whole
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the next token is on its way
-            yield cut[len(whole)]
-            yield from cut[len(whole) + 1:]
-            yield llm.token_eos()
-
-    result = generate_text(Replay(llm), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
+    result = generate_text(Replay(llm, reply), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
                            stop_ids={llm.token_eos()}, strip_leading=True)
     assert result.finish_reason == "interrupted"
     assert result.text == "臺灣"  # was "臺灣\ufffd"
