@@ -9,12 +9,16 @@ template handling, the evaluation, the demo and the release checks all share.
 Each turn renders the whole conversation with the chat template and tokenizes it; llama-cpp-python
 keeps the KV cache for the prefix shared with the previous prompt, so only the new tokens are
 evaluated (``Turn.new_prompt_tokens`` is read from llama.cpp's counters, not assumed). When the
-prompt plus ``max_tokens`` would not fit in the context, the oldest turns are dropped (the system
-prompt stays) and ``Turn.dropped_turns`` says how many.
+prompt plus ``max_tokens`` would not fit in the context, the oldest turns are hidden from the model
+(the system prompt stays) and ``Turn.dropped_turns`` says how many more this reply hid. Hiding
+changes what the model sees, never the conversation: ``messages`` and ``turns`` keep every turn
+(``/save`` writes them all), and ``hidden_exchanges`` says how many of the oldest the model no
+longer sees.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -85,7 +89,8 @@ class Turn:
     ``new_prompt_tokens`` is what llama.cpp actually evaluated for the prompt (the rest came from
     the KV cache); ``prompt_rate`` is new prompt tokens per second up to the first token;
     ``gen_rate`` is tokens per second after the first one. ``dropped_turns`` counts the oldest
-    user/assistant exchanges removed to fit the context before this reply.
+    user/assistant exchanges hidden from the model to fit the context before this reply (they stay
+    in the conversation).
     """
 
     text: str
@@ -102,9 +107,50 @@ class Turn:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any) -> "Turn":
+        """A Turn from :meth:`as_dict`'s record; ValueError naming the first bad field (a saved file is input).
+
+        Fields with a default may be missing (files written before they existed); numbers must be
+        finite and >= 0, counts integers.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name not in data:
+                if field.default is MISSING:
+                    raise ValueError(f"no {field.name!r}")
+                continue
+            value = data[field.name]
+            if field.name == "finish_reason":
+                if value not in FINISH_REASONS:
+                    raise ValueError(f"{field.name!r} is not one of {', '.join(FINISH_REASONS)}")
+            elif field.name == "text":
+                if not isinstance(value, str):
+                    raise ValueError(f"{field.name!r} is not a string")
+            else:
+                whole = field.type == "int"
+                if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                    raise ValueError(f"{field.name!r} is not {'an integer' if whole else 'a number'}")
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{field.name!r} is not a finite number >= 0")
+                value = value if whole else float(value)
+            values[field.name] = value
+        return cls(**values)
+
+
+FINISH_REASONS = ("stop", "length", "interrupted")
+RESPELL_TOKENS = 8  # how far back _remember_fed looks for tokens that still spell the reply
+
 
 class ChatSession:
     """A conversation: messages, sampling settings, the model's chat template, per-turn stats.
+
+    ``messages`` is the whole conversation; ``turns`` holds the measurements of the last
+    ``len(turns)`` replies, in order (a transcript loaded without them has fewer turns than
+    replies). The model sees :meth:`visible_messages`: the system prompt and every exchange after
+    the ``hidden_exchanges`` oldest ones (an exchange is a user message and what follows it).
 
     Settings are plain attributes (``s.temperature = 0.7``) read at each :meth:`ask`. The n-th
     reply generated samples with ``seed + n`` (from 0; :meth:`reset` restarts the count and
@@ -142,6 +188,7 @@ class ChatSession:
         self.seed = seed
         self.messages: list[dict[str, str]] = []
         self.turns: list[Turn] = []
+        self.hidden_exchanges = 0
         self.interrupt = Interrupt()
         self._generations = 0
         # The last prompt (text, tokens) and reply (text, tokens) the model saw, see _prompt_tokens.
@@ -192,8 +239,26 @@ class ChatSession:
                         seed=int(self.seed) + self._generations)
 
     def count_tokens(self, messages: list[dict[str, str]] | None = None) -> int:
-        """Prompt tokens of ``messages`` (default: the conversation) as the next reply would see them."""
-        return len(self._prompt_tokens(self.messages if messages is None else messages)[0])
+        """Prompt tokens of ``messages`` (default: what the model sees) as the next reply would see them."""
+        return len(self._prompt_tokens(self.visible_messages() if messages is None else messages)[0])
+
+    def _exchange_starts(self) -> list[int]:
+        """Indices of the user messages that start an exchange (the system prompt is never one)."""
+        first = 1 if self.system is not None else 0
+        return [i for i, m in enumerate(self.messages) if m["role"] == "user" and i >= first]
+
+    def visible_messages(self) -> list[dict[str, str]]:
+        """What the model is shown: the system prompt and the exchanges after the hidden ones.
+
+        Anything before the first user message (a loaded transcript may start with a reply) goes
+        with the first exchange. The newest exchange is never hidden.
+        """
+        starts = self._exchange_starts()
+        hidden = min(self.hidden_exchanges, max(0, len(starts) - 1))
+        if hidden == 0:
+            return list(self.messages)
+        head = self.messages[:1] if self.system is not None else []
+        return head + self.messages[starts[hidden]:]
 
     def _prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], str]:
         """The prompt tokens for ``messages``: the template's, with the model's own last reply kept.
@@ -220,14 +285,29 @@ class ChatSession:
                         return prompt_tokens + reply_ids + full[len(upto):], text
         return full, text
 
+    def _spelled(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace").strip()
+
     def _remember_fed(self, prompt_text: str, prompt_tokens: list[int], reply_text: str, ids: list[int]) -> None:
-        """Keep the last prompt and reply tokens for _prompt_tokens, if they spell the stored reply."""
+        """Keep the last prompt and reply tokens for _prompt_tokens, if they spell the stored reply.
+
+        A reply cut inside a character lost that character's bytes (generate_text drops them), and
+        the last token may hold them together with whole characters. Then the tokens up to it are
+        kept and the few characters after them are tokenized anew, so that the tokens spell the
+        stored reply (not the dropped bytes) and the cache still matches up to there.
+        """
         end = len(ids)
         while end and not self.llm.detokenize(ids[end - 1:end]).decode("utf-8", errors="replace").strip():
             end -= 1  # whitespace-only tokens at the end: templates trim them away
         ids = ids[:end]
-        spelled = self.llm.detokenize(ids).decode("utf-8", errors="replace").strip()
-        self._fed = (prompt_text, list(prompt_tokens), reply_text, ids) if ids and spelled == reply_text else None
+        if ids and self._spelled(ids) != reply_text:
+            for keep in range(len(ids) - 1, max(-1, len(ids) - 1 - RESPELL_TOKENS), -1):
+                head = self._spelled(ids[:keep])
+                if reply_text.startswith(head):
+                    rest = reply_text[len(head):]
+                    ids = ids[:keep] + self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=False)
+                    break
+        self._fed = (prompt_text, list(prompt_tokens), reply_text, ids) if ids and self._spelled(ids) == reply_text else None
 
     # ----- the conversation -----
     def ask(self, user_text: str, on_text: Callable[[str], None] | None = None) -> Turn:
@@ -262,19 +342,33 @@ class ChatSession:
         del self.messages[last_user:]
         if had_reply and self.turns:
             self.turns.pop()
+        self.hidden_exchanges = min(self.hidden_exchanges, max(0, len(self._exchange_starts()) - 1))
         return True
 
     def reset(self) -> None:
         """Forget the conversation; the system prompt stays."""
         self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
         self.turns = []
+        self.hidden_exchanges = 0
         self._generations = 0
 
-    def load_messages(self, messages: list[dict[str, str]]) -> None:
-        """Replace the conversation (from /load); the KV cache is reused where the prefix matches."""
-        self.messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-        self.turns = []
-        self._generations = sum(m["role"] == "assistant" for m in self.messages)
+    def load_messages(self, messages: list[dict[str, str]], turns: list[Turn] | None = None,
+                      hidden_exchanges: int = 0) -> None:
+        """Replace the conversation (from /load); the KV cache is reused where the prefix matches.
+
+        ``turns`` are the measurements of the last replies (at most one per reply: extra ones are
+        a ValueError); ``hidden_exchanges`` how many of the oldest exchanges the model no longer saw.
+        """
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        replies = sum(m["role"] == "assistant" for m in messages)
+        turns = list(turns or [])
+        if len(turns) > replies:
+            raise ValueError(f"{len(turns)} turn records for {replies} replies")
+        self.messages = messages
+        self.turns = turns
+        self._fed = None
+        self._generations = replies
+        self.hidden_exchanges = min(max(0, int(hidden_exchanges)), max(0, len(self._exchange_starts()) - 1))
 
     # ----- internals -----
     def _fit_context(self) -> tuple[list[int], str, int, int]:
@@ -284,27 +378,20 @@ class ChatSession:
         message alone leaves no room, raises ContextFullError instead of llama.cpp's crash.
         """
         n_ctx = self.n_ctx
-        dropped = 0
-        saved = list(self.messages)
-        tokens, text = self._prompt_tokens(self.messages)
-        while len(tokens) + self.max_tokens > n_ctx and self._drop_oldest_exchange():
-            dropped += 1
-            tokens, text = self._prompt_tokens(self.messages)
+        saved = self.hidden_exchanges
+        most = max(0, len(self._exchange_starts()) - 1)  # the newest user message is never hidden
+        self.hidden_exchanges = min(saved, most)
+        tokens, text = self._prompt_tokens(self.visible_messages())
+        while len(tokens) + self.max_tokens > n_ctx and self.hidden_exchanges < most:
+            self.hidden_exchanges += 1
+            tokens, text = self._prompt_tokens(self.visible_messages())
         room = n_ctx - len(tokens)
         if room < 1:
-            self.messages = saved  # nothing is dropped for a message that cannot be answered anyway
+            self.hidden_exchanges = saved  # nothing is hidden for a message that cannot be answered anyway
             raise ContextFullError(
                 f"the message needs {len(tokens)} prompt tokens but the context holds {n_ctx}",
                 fix="Send a shorter message or restart with a larger --ctx")
-        return tokens, text, min(self.max_tokens, room), dropped
-
-    def _drop_oldest_exchange(self) -> bool:
-        start = 1 if self.messages and self.messages[0]["role"] == "system" else 0
-        users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i >= start]
-        if len(users) < 2:  # the newest user message is never dropped
-            return False
-        del self.messages[start:users[1]]
-        return True
+        return tokens, text, min(self.max_tokens, room), max(0, self.hidden_exchanges - saved)
 
     def _reply(self, on_text: Callable[[str], None] | None) -> Turn:
         tokens, prompt_text, max_tokens, dropped = self._fit_context()

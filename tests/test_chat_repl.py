@@ -54,6 +54,10 @@ def command(child: "pexpect.spawn", line: str, expect: str) -> str:
     return out
 
 
+def turns_of(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["turns"]
+
+
 def finish(child: "pexpect.spawn") -> int:
     child.expect(pexpect.EOF)
     child.close()
@@ -111,6 +115,7 @@ def test_conversation_and_every_command(model: Path, tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_a_reply_and_wide_character_editing(model: Path, tmp_path: Path) -> None:
     child = spawn_chat(model, tmp_path, "--ctx", "4096", "--max-tokens", "3500", "--temperature", "0")
+    command(child, "/set max_tokens 2000", "max_tokens = 2000")  # a reply long enough to type into
     child.sendline("Write a very long story about Taipei.")
     child.expect_exact("\x1b[?2004l")  # prompt_toolkit leaves bracketed-paste mode: the message is sent
     time.sleep(0.5)
@@ -143,7 +148,9 @@ def test_ctrl_c_stops_a_reply_and_wide_character_editing(model: Path, tmp_path: 
     child.send("\r")
     child.expect(SUMMARY)
     child.expect_exact(PROMPT)
-    command(child, "/save t.json", "saved 8 messages")
+    child.sendline("/save t.json")  # it exists now: the REPL asks before replacing it
+    child.expect_exact("t.json exists; replace it? [y/N]")
+    command(child, "y", "saved 8 messages")
     data = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
     assert data["messages"][4]["content"] == "第一行\nsecond line"
     assert data["messages"][6]["content"] == "pasted 第一行\nline two"
@@ -172,8 +179,123 @@ def test_context_overflow_drops_oldest_turns_and_ctrl_d_exits(model: Path, tmp_p
     command(child, "/save o.json", r"saved \d+ messages")
     data = json.loads((tmp_path / "o.json").read_text(encoding="utf-8"))
     assert data["messages"][0] == {"role": "system", "content": "短"}
-    assert not data["messages"][1]["content"].startswith("Turn 0")
+    # issue 12: trimming changes what the model sees, never what the transcript holds
+    users = [m["content"] for m in data["messages"] if m["role"] == "user"]
+    assert users == [f"Turn {n}: the quick brown fox jumps over the lazy dog 臺灣" for n in range(i + 1)]
+    assert len(data["turns"]) == i + 1 == sum(m["role"] == "assistant" for m in data["messages"])
+    assert data["hidden_exchanges"] >= 1
+    assert sum(t["dropped_turns"] for t in data["turns"]) == data["hidden_exchanges"]
+    # /load restores every turn and its statistics: /stats lists them all, a second save is the same
+    command(child, "/clear", "conversation cleared")
+    command(child, "/load o.json", rf"loaded {len(data['messages'])} messages")
+    stats = command(child, "/stats", r"context: \d+ of 128")
+    assert f"│ {i + 1} " in stats
+    command(child, "/save! again.json", r"saved \d+ messages")
+    again = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))
+    for key in ("messages", "turns", "hidden_exchanges", "settings"):
+        assert again[key] == data[key], key
     child.sendeof()
+    assert finish(child) == 0
+
+
+def test_save_never_removes_a_folder_and_a_failed_command_keeps_the_chat(model: Path, tmp_path: Path) -> None:
+    """Issue 12: /save DIR deleted the folder; a failed /save ended the chat; /check guessed; typing echoed."""
+    import re
+
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("do not delete", encoding="utf-8")
+    (tmp_path / "mine.txt").write_text("mine", encoding="utf-8")
+    child = spawn_chat(model, tmp_path, "--ctx", "4096", "--max-tokens", "6", "--temperature", "0")
+    say(child, "한국어로 대답해 주세요")
+    # a folder gets a new file inside it, and nothing in it is touched (also ".")
+    out = command(child, "/save keep", r"saved 2 messages to \S+\.json")
+    written = [f for f in keep.iterdir() if f.suffix == ".json"]
+    assert len(written) == 1 and written[0].name in out
+    assert (keep / "precious.txt").read_text(encoding="utf-8") == "do not delete"
+    assert json.loads(written[0].read_text(encoding="utf-8"))["messages"][0]["content"] == "한국어로 대답해 주세요"
+    command(child, "/save keep", r"saved 2 messages")  # a second file, a new name
+    assert len([f for f in keep.iterdir() if f.suffix == ".json"]) == 2
+    command(child, "/save .", r"saved 2 messages")
+    assert (tmp_path / "mine.txt").read_text(encoding="utf-8") == "mine" and keep.is_dir()
+    # an existing file: asked first (no keeps it), /save! replaces it without asking
+    command(child, "/save first.json", "saved 2 messages")
+    first = (tmp_path / "first.json").read_bytes()
+    finish_reason = json.loads(first)["turns"][0]["finish_reason"]
+    # /check: the language of the user's message, the reply's real finish reason
+    checks = command(child, "/check", r"ended\s*│\s*(True|False)")
+    assert re.search(r"│ lang\s*│ ko\s*│", checks), checks
+    assert re.search(rf"│ finish_reason\s*│ {finish_reason}\s*│", checks), checks
+    # typed while the reply streams: not echoed into the reply, still the next input
+    command(child, "/set max_tokens 2000", "max_tokens = 2000")  # a reply long enough to type into
+    child.sendline("Write a very long story about Taipei.")
+    child.expect_exact("\x1b[?2004l")  # the prompt is done (the terminal is back in cooked mode) ...
+    child.expect_exact("\x1b[?25l")  # ... and the live reply has started (it hides the cursor)
+    child.send("zqzq")
+    child.expect(SUMMARY)
+    assert "zqzq" not in child.before
+    child.expect_exact(PROMPT)
+    child.expect_exact("zqzq")  # the next prompt holds it
+    child.send("\r")
+    child.expect(SUMMARY)
+    child.expect_exact(PROMPT)
+    command(child, "/set max_tokens 6", "max_tokens = 6")
+    child.sendline("/save first.json")
+    child.expect_exact("first.json exists; replace it? [y/N]")
+    command(child, "n", r"not saved: \S*first\.json exists \(/save! first\.json replaces it\)")
+    assert (tmp_path / "first.json").read_bytes() == first
+    command(child, "/save! first.json", "saved 6 messages")
+    users = [m["content"] for m in json.loads((tmp_path / "first.json").read_text("utf-8"))["messages"]
+             if m["role"] == "user"]
+    assert users == ["한국어로 대답해 주세요", "Write a very long story about Taipei.", "zqzq"]
+    assert turns_of(tmp_path / "first.json")[1]["completion_tokens"] > 100  # the typing fell inside a long reply
+    # failures are one line and the conversation goes on
+    command(child, "/save missing/x.json", r"error: \S*missing: the folder for the transcript does not exist")
+    command(child, "/save first.json/x.json", r"error: \S*first\.json: the folder for the transcript is not a folder")
+    command(child, "/save newdir/", r"error: \S*newdir: no such folder")
+    command(child, f"/save {'n' * 300}.json", r"error: \S+: cannot write the transcript \(File name too long\)")
+    command(child, "/load keep", r"error: \S*keep: is a folder, not a transcript file")
+    command(child, "/load first.json/x", r"error: .*no such transcript file")
+    (tmp_path / "bad.json").write_text('{"messages": [], "turns": [{"text": 1}]}', encoding="utf-8")
+    command(child, "/load bad.json", r"error: \S*bad\.json: turn 0: 'text' is not a string")
+    (tmp_path / "nan.json").write_text('{"messages": [], "settings": {"temperature": Infinity}}', encoding="utf-8")
+    command(child, "/load nan.json", r"error: bad value inf for temperature")
+    command(child, "/set temperature inf", r"error: bad value 'inf' for temperature")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        command(child, "/save locked/x.json", r"error: \S+x\.json: cannot write the transcript \(Permission denied\)")
+    say(child, "still here?")
+    command(child, "/save! first.json", "saved 8 messages")
+    assert not [f for f in tmp_path.rglob("*partial*")]
+    assert sorted(f.name for f in keep.iterdir() if not f.name.endswith(".json")) == ["precious.txt"]
+    child.sendline("/exit")
+    assert finish(child) == 0
+
+
+def test_a_save_that_fails_mid_write_leaves_nothing_and_the_chat_goes_on(model: Path, tmp_path: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE, as a full disk) makes the write fail: one line, no partial, chat kept."""
+    import resource
+
+    big = [{"role": "user", "content": "臺北 " * 6000}, {"role": "assistant", "content": "好"}]
+    (tmp_path / "big.json").write_text(json.dumps(big, ensure_ascii=False), encoding="utf-8")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+
+    env = dict(os.environ, CVLOCAL_HISTORY=str(tmp_path / "history"), TERM="xterm-256color", LANG="C.UTF-8",
+               LC_ALL="C.UTF-8", PYTHONIOENCODING="utf-8", PROMPT_TOOLKIT_NO_CPR="1")
+    child = pexpect.spawn(sys.executable, ["-m", "cvlocal", "chat", str(model), "--threads", "1", "--max-tokens", "6",
+                                           "--temperature", "0"], cwd=str(tmp_path), env=env, encoding="utf-8",
+                          dimensions=(40, 120), timeout=60, codec_errors="replace", preexec_fn=limit)
+    child.expect_exact(PROMPT)
+    command(child, "/load big.json", "loaded 2 messages")
+    command(child, "/save out.json", r"error: \S*out\.json: cannot write the transcript \(File too large\)")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["big.json", "history"]
+    command(child, "/clear", "conversation cleared")
+    say(child, "hello")
+    command(child, "/save out.json", "saved 2 messages")
+    child.sendline("/exit")
     assert finish(child) == 0
 
 
@@ -185,7 +307,9 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 def test_script_json_and_text(model: Path, tmp_path: Path) -> None:
     script = tmp_path / "turns.txt"
-    script.write_text('你好\n\n/set max_tokens 5\n"""multi\nline 한국어"""\n//slash message\n', encoding="utf-8")
+    saved = tmp_path / "s.json"
+    script.write_text(f'你好\n\n/set max_tokens 5\n"""multi\nline 한국어"""\n//slash message\n/save {saved}\n',
+                      encoding="utf-8")
     done = run_cli("chat", str(model), "--script", str(script), "--json", "--max-tokens", "12", "--temperature", "0",
                    "--threads", "1", "--quiet")
     assert done.returncode == 0, done.stderr
@@ -198,6 +322,9 @@ def test_script_json_and_text(model: Path, tmp_path: Path) -> None:
     text = run_cli("chat", str(model), "--script", str(script), "--max-tokens", "12", "--temperature", "0",
                    "--threads", "1", "--quiet")
     assert text.returncode == 0, text.stderr
+    # the first run saved s.json; a script cannot be asked, so the second run keeps it
+    assert f"not saved: {saved} exists (/save! {saved} replaces it)" in text.stderr
+    assert json.loads(saved.read_text(encoding="utf-8"))["messages"] == data["messages"]
     assert text.stdout.startswith(">>> 你好\n")
     assert ">>> multi\nline 한국어\n" in text.stdout
     # the same greedy replies in both forms

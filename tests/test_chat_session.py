@@ -31,11 +31,50 @@ def hf_tokenizer(folder):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def hf_token_bytes(tokenizer, ids) -> bytes:
+    """The bytes of byte-level BPE ids, from the HF tokenizer's token strings (GPT-2's byte-to-character map)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    return b"".join(bytes(byte_of[c] for c in tokenizer.convert_ids_to_tokens(int(i))) for i in ids)
+
+
+def without_cut_character(data: bytes) -> str:
+    """UTF-8 text of ``data`` with invalid bytes as U+FFFD and an unfinished last character dropped."""
+    import codecs
+
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
+
+
+def ends_inside_character(data: bytes) -> bool:
+    """True when the last bytes of ``data`` start a UTF-8 character that is not finished."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(data, final=False)
+    return bool(decoder.getstate()[0])
+
+
 def hf_prompt_ids(tokenizer, messages) -> list[int]:
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)
+
+
+class Replay:
+    """The real llama, except that generate() yields the ids ``reply()`` gives (real ids of a chosen text)."""
+
+    def __init__(self, real, reply):
+        self.real = real
+        self.ctx = real.ctx
+        self._reply = reply
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def generate(self, tokens, **kwargs):
+        yield from self._reply()
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +203,45 @@ def test_greedy_continuation_matches_transformers(tiny_family, tiny_gguf) -> Non
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    expected = without_cut_character(hf_token_bytes(tokenizer, out[0, ids.shape[1]:]))
     if finish == "stop":
         assert expected.startswith(text)
     else:
         assert text == expected
+
+
+def test_a_reply_cut_inside_a_character_drops_its_bytes(tiny_family, tiny_gguf) -> None:
+    """Issue 12: max_tokens ending inside a CJK character left U+FFFD in the reply and the next prompt.
+
+    The greedy reply's ids come from llama-cpp-python's own generate, their bytes from the HF
+    tokenizer; max_tokens is then set to end inside a multi-byte character.
+    """
+    llm = load_llama(tiny_gguf("llama3", "f32"), ctx=512, threads=1)
+    tokenizer = hf_tokenizer(tiny_family("llama3").chat)
+    probe = ChatSession(llm, max_tokens=1, temperature=0.0, warn=None)
+    eot = probe.template.stop_ids
+    for message in ("臺北的天氣怎麼樣？", "請寫一首詩", "日本の首都は？", "한국어로 대답해 주세요"):
+        prompt = probe.template.tokens(llm, [{"role": "user", "content": message}])
+        ids = []
+        for token in llm.generate(prompt, temp=0.0, top_k=40, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+            if token in eot or len(ids) == 40:
+                break
+            ids.append(int(token))
+        cuts = [k for k in range(2, len(ids) + 1) if ends_inside_character(hf_token_bytes(tokenizer, ids[:k]))]
+        if cuts:
+            break
+    else:
+        pytest.fail("no greedy reply of this model ends inside a character at any length")
+    k = cuts[0]
+    data = hf_token_bytes(tokenizer, ids[:k])
+    session = ChatSession(llm, max_tokens=k, temperature=0.0, warn=None)
+    turn = session.ask(message)
+    assert turn.finish_reason == "length" and turn.completion_tokens == k
+    assert turn.text == without_cut_character(data).strip()
+    assert data.decode("utf-8", errors="replace").strip().endswith("\ufffd")  # what it was before
+    following, _ = session.template.render(session.messages + [{"role": "user", "content": "next"}])
+    assert turn.text + "<|eot_id|>" in following
+    assert session.messages[-1]["content"] == turn.text
 
 
 def test_context_overflow_drops_oldest_turns_and_keeps_the_system_prompt(tiny_gguf) -> None:
@@ -182,10 +255,16 @@ def test_context_overflow_drops_oldest_turns_and_keeps_the_system_prompt(tiny_gg
     assert dropped > 0
     assert session.messages[0] == {"role": "system", "content": "系統提示"}
     assert session.messages[-2]["content"].startswith("Message 7")
+    # issue 12: trimming hides turns from the model, never from the conversation
+    assert [m["content"][:9] for m in session.messages if m["role"] == "user"] == [f"Message {i}" for i in range(8)]
+    assert len(session.turns) == 8 and session.hidden_exchanges == dropped
+    seen = session.visible_messages()
+    assert seen[0]["content"] == "系統提示" and seen[1]["content"].startswith(f"Message {dropped}:")
     before = list(session.messages)
+    hidden = session.hidden_exchanges
     with pytest.raises(ContextFullError):
         session.ask("fox " * 400)
-    assert session.messages == before
+    assert session.messages == before and session.hidden_exchanges == hidden
 
 
 def test_ctrl_c_ends_the_reply_and_keeps_it(llama3) -> None:
@@ -240,25 +319,39 @@ def test_split_characters_from_a_real_tokenizer_are_buffered(tiny_gguf) -> None:
     assert broken, "the test needs tokens that end inside a character"
     eos = llm.token_eos()
 
-    class Replay:
-        """The real llama, except that generate() yields the ids of ``text`` then eos."""
-
-        def __init__(self, real):
-            self.real = real
-            self.ctx = real.ctx
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-        def generate(self, tokens, **kwargs):
-            yield from [*ids, eos]
-
     pieces: list[str] = []
-    result = generate_text(Replay(llm), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
+    result = generate_text(Replay(llm, lambda: iter([*ids, eos])), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
                            stop_ids={eos}, on_text=pieces.append, strip_leading=True)
     assert "".join(pieces) == text == result.text
     assert all("\ufffd" not in p for p in pieces)
     assert result.finish_reason == "stop" and result.completion_tokens == len(ids)
+
+
+def test_ctrl_c_inside_a_character_drops_its_bytes_and_tokens(tiny_gguf) -> None:
+    """Issue 12: a real SIGINT arriving between the byte tokens of one character.
+
+    The llama2 vocabulary spells 鱉 with byte-fallback tokens (checked below with llama.cpp's own
+    token bytes); the replayed reply stops after the first of them.
+    """
+    llm = load_llama(tiny_gguf("llama2", "f32"), ctx=256, threads=1)
+    whole = llm.tokenize("臺灣".encode(), add_bos=False, special=False)
+    cut = llm.tokenize("臺灣鱉".encode(), add_bos=False, special=False)
+    assert cut[:len(whole)] == whole
+    first = llm.detokenize(cut[len(whole):len(whole) + 1])
+    assert first and first[0] >= 0xE0 and len(first) < 3, "鱉 must start with a partial byte token"
+
+    def reply():
+        yield from whole
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the next token is on its way
+        yield cut[len(whole)]
+        yield from cut[len(whole) + 1:]
+        yield llm.token_eos()
+
+    result = generate_text(Replay(llm, reply), [llm.token_bos()], sampling=Sampling(), max_tokens=100,
+                           stop_ids={llm.token_eos()}, strip_leading=True)
+    assert result.finish_reason == "interrupted"
+    assert result.text == "臺灣"  # was "臺灣\ufffd"
+    assert result.token_ids == whole and result.completion_tokens == len(whole) + 1
 
 
 def test_load_llama_bad_paths(tmp_path) -> None:

@@ -14,7 +14,7 @@ TEXT = "臺灣的天氣很好。한국어 문장입니다。日本語のテキ�
 def feed_all(chunks: list[bytes]) -> list[str]:
     stream = Utf8Stream()
     out = [stream.feed(c) for c in chunks]
-    out.append(stream.flush())
+    assert stream.flush() == 0  # the whole text: nothing unfinished at the end
     return out
 
 
@@ -57,8 +57,16 @@ def test_pending_counts_the_unfinished_character() -> None:
 
 def test_invalid_bytes_become_replacement_not_an_error() -> None:
     stream = Utf8Stream()
-    text = stream.feed(b"ok\xff") + stream.feed("臺".encode()[:2]) + stream.flush()
-    assert text == "ok\ufffd\ufffd"
+    assert stream.feed(b"ok\xff") + stream.feed(b"\xe8A") == "ok\ufffd\ufffdA"
+
+
+def test_a_character_cut_at_the_end_is_dropped_not_replaced() -> None:
+    """Issue 12: the bytes of a character cut by max_tokens or Ctrl-C are dropped (they were U+FFFD)."""
+    stream = Utf8Stream()
+    text = stream.feed("ok臺".encode()) + stream.feed("灣".encode()[:2])
+    assert text == "ok臺"
+    assert stream.flush() == 2 and stream.pending() == 0
+    assert stream.feed("灣".encode()) == "灣"  # the stream starts clean again
 
 
 def test_stop_string_split_over_pieces_is_never_shown() -> None:

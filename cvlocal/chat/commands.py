@@ -1,12 +1,17 @@
 """The slash commands of the chat (``/help``, ``/set``, ``/save`` ...), shared by the REPL and scripts.
 
 A command works on a :class:`Host`: the session, a console for its output, and a way to show a
-reply being generated (live in a terminal, plain in a script). ``//text`` sends ``/text`` as a
-message.
+reply being generated (live in a terminal, plain in a script), and a yes/no question (a script
+always answers no). ``//text`` sends ``/text`` as a message.
+
+A command's error never ends the chat: :func:`run_command` reports any failure as one line and the
+conversation goes on. A new command is one function and one row of :data:`COMMANDS`.
 """
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +22,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from convert.errors import ConvertError
+from cvlocal.chat.transcript import TranscriptExists, load_transcript, save_transcript
 from cvlocal.errors import UsageError
 from cvlocal.session import ChatSession, Turn
-from cvlocal.chat.transcript import load_transcript, save_transcript
 
 EXIT = object()  # returned by /exit
 
@@ -32,6 +38,8 @@ class Host(Protocol):
     model_path: Path
 
     def show_reply(self, produce: Callable[[Callable[[str], None]], Turn]) -> Turn | None: ...
+
+    def confirm(self, question: str) -> bool: ...
 
 
 def _float(text: str) -> float:
@@ -69,19 +77,20 @@ def parse_setting(name: str, value: Any) -> Any:
         parsed = setting.parse(str(value))
     except ValueError:
         parsed = None
-    if parsed is None or not setting.valid(parsed):
+    if parsed is None or not math.isfinite(parsed) or not setting.valid(parsed):
         raise UsageError(f"bad value {value!r} for {name}", fix=f"It must be {setting.rule}")
     return parsed
 
 
 def apply_settings(session: ChatSession, settings: dict[str, Any]) -> list[str]:
-    """Apply known settings from a saved transcript; returns the names applied."""
-    applied = []
-    for name, value in settings.items():
-        if name in SETTINGS:
-            setattr(session, name, parse_setting(name, value))
-            applied.append(name)
-    return applied
+    """Apply known settings from a saved transcript; returns the names applied.
+
+    All are checked before any is applied, so a bad one changes nothing.
+    """
+    parsed = {name: parse_setting(name, value) for name, value in settings.items() if name in SETTINGS}
+    for name, value in parsed.items():
+        setattr(session, name, value)
+    return list(parsed)
 
 
 # ----- the commands -----
@@ -168,31 +177,49 @@ def cmd_regen(host: Host, arg: str) -> None:
     host.show_reply(session.regen)
 
 
-def _path_arg(arg: str, command: str) -> Path:
+def _path_arg(arg: str, command: str) -> str:
+    """The one path argument of /save or /load, ``~`` expanded; a trailing ``/`` is kept (it means a folder)."""
     try:
         parts = shlex.split(arg)
     except ValueError:
         parts = []
     if len(parts) != 1:
         raise UsageError(f"usage: /{command} FILE.json", fix="Give one file name (quote it if it has spaces)")
-    return Path(parts[0]).expanduser()
+    return os.path.expanduser(parts[0])
 
 
-def cmd_save(host: Host, arg: str) -> None:
-    path = save_transcript(host.session, _path_arg(arg, "save"))
-    host.out.print(f"saved {len(host.session.messages)} messages to {path}", markup=False)
+def cmd_save(host: Host, arg: str, replace: bool = False) -> None:
+    path = _path_arg(arg, "save")
+    try:
+        written = save_transcript(host.session, path, replace=replace)
+    except TranscriptExists as err:
+        if not host.confirm(f"{err.target} exists; replace it?"):
+            host.out.print(f"not saved: {err.target} exists (/save! {arg} replaces it)", markup=False)
+            return
+        written = save_transcript(host.session, path, replace=True)
+    host.out.print(f"saved {len(host.session.messages)} messages to {written}", markup=False)
+
+
+def cmd_save_replace(host: Host, arg: str) -> None:
+    cmd_save(host, arg, replace=True)
 
 
 def cmd_load(host: Host, arg: str) -> None:
-    messages, settings = load_transcript(_path_arg(arg, "load"))
-    host.session.load_messages(messages)
-    applied = apply_settings(host.session, settings)
+    loaded = load_transcript(_path_arg(arg, "load"))
+    session = host.session
+    previous = session.settings()
+    applied = apply_settings(session, loaded.settings)  # first: a bad setting leaves the session as it was
+    try:
+        session.load_messages(loaded.messages, loaded.turns, loaded.hidden_exchanges)
+    except ValueError as err:
+        apply_settings(session, previous)
+        raise UsageError(str(err), path=arg, fix="Give a file written by /save") from err
     note = f" and settings ({', '.join(applied)})" if applied else ""
-    host.out.print(f"loaded {len(messages)} messages{note}", markup=False)
-    tokens = host.session.count_tokens()
-    if tokens >= host.session.n_ctx:
-        host.out.print(f"the conversation has {tokens} tokens, more than the context ({host.session.n_ctx}); "
-                       "the oldest exchanges will be dropped at the next message", markup=False)
+    host.out.print(f"loaded {len(loaded.messages)} messages{note}", markup=False)
+    tokens = session.count_tokens()
+    if tokens >= session.n_ctx:
+        host.out.print(f"the conversation has {tokens} tokens, more than the context ({session.n_ctx}); "
+                       "the oldest exchanges will be hidden from the model at the next message", markup=False)
 
 
 def cmd_stats(host: Host, arg: str) -> None:
@@ -221,9 +248,22 @@ def check_module() -> Any | None:
     return module if callable(getattr(module, "check_reply", None)) else None
 
 
+def check_language(user_text: str) -> str | None:
+    """The language a reply to ``user_text`` is expected in: the language the user wrote in.
+
+    Chinese without script evidence (你好) has no single expected script; None then, as for a
+    language the checks do not know.
+    """
+    from cvlocal.evaluation.languages import LANGS, detect
+
+    lang = detect(user_text).lang
+    return lang if lang in LANGS else None
+
+
 def cmd_check(host: Host, arg: str) -> None:
-    replies = [m["content"] for m in host.session.messages if m["role"] == "assistant"]
-    if not replies:
+    session = host.session
+    last = max((i for i, m in enumerate(session.messages) if m["role"] == "assistant"), default=None)
+    if last is None:
         host.out.print("no reply to check", markup=False)
         return
     module = check_module()
@@ -231,7 +271,11 @@ def cmd_check(host: Host, arg: str) -> None:
         host.out.print("the offline checks are not installed (cvlocal.evaluation.check_reply is missing)",
                        markup=False)
         return
-    result = module.check_reply(replies[-1], lang=arg.strip() or None)
+    user = next((m["content"] for m in reversed(session.messages[:last]) if m["role"] == "user"), "")
+    lang = arg.strip() or check_language(user)
+    # turns are the measurements of the last replies: the last one is this reply's, if any
+    finish = session.turns[-1].finish_reason if session.turns else None
+    result = module.check_reply(session.messages[last]["content"], lang=lang, finish_reason=finish)
     table = Table(title="checks on the last reply", show_header=False)
     for name, value in (result or {}).items():
         table.add_row(Text(str(name)), Text(str(value)))
@@ -250,7 +294,8 @@ COMMANDS: dict[str, tuple[str, str, Callable[[Host, str], Any]]] = {
     "clear": ("", "forget the conversation (the system prompt stays)", cmd_clear),
     "undo": ("", "remove the last question and its reply", cmd_undo),
     "regen": ("", "generate the last reply again", cmd_regen),
-    "save": ("FILE.json", "save the conversation and settings", cmd_save),
+    "save": ("FILE.json|DIR", "save the conversation and settings (asks before replacing a file)", cmd_save),
+    "save!": ("FILE.json", "save, replacing an existing file without asking", cmd_save_replace),
     "load": ("FILE.json", "load a saved conversation and its settings", cmd_load),
     "stats": ("", "prompt tokens, prompt rate, time to first token, generation rate per turn", cmd_stats),
     "check": ("[LANG]", "offline toxicity and dialogue checks on the last reply", cmd_check),
@@ -265,7 +310,8 @@ def is_command(text: str) -> bool:
 
 
 def run_command(host: Host, line: str) -> object | None:
-    """Run one command line; returns EXIT for /exit. Bad usage is reported, not raised."""
+    """Run one command line; returns EXIT for /exit. Any error is reported as one line, never raised
+    (Ctrl-C still is: the caller decides what it means)."""
     name, _, arg = line[1:].strip().partition(" ")
     name = ALIASES.get(name.lower(), name.lower())
     entry = COMMANDS.get(name)
@@ -274,6 +320,12 @@ def run_command(host: Host, line: str) -> object | None:
         return None
     try:
         return entry[2](host, arg.strip())
-    except UsageError as err:
-        host.out.print(f"error: {err}", markup=False, style="red")
-        return None
+    except ConvertError as err:  # UsageError included: already "PATH: what. fix"
+        message = str(err)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+    except Exception as err:  # noqa: BLE001 - a command's failure must not end the chat
+        message = f"/{name} failed ({type(err).__name__}: {err})"
+    host.out.print(f"error: {message}", markup=False, style="red", soft_wrap=True)  # one line, however long
+    return None

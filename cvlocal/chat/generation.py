@@ -156,7 +156,9 @@ def generate_text(
     """Generate after ``prompt_tokens`` until a stop id, a stop string, ``max_tokens`` or Ctrl-C.
 
     ``on_text`` receives the reply as it grows, in pieces that never split a character and never
-    contain (the start of) a stop string. ``strip_leading`` drops the space a SentencePiece model
+    contain (the start of) a stop string. An unfinished character at the end (the reply was cut by
+    ``max_tokens`` or Ctrl-C inside it) is dropped from the text, and the tokens that held only its
+    bytes from ``token_ids``. ``strip_leading`` drops the space a SentencePiece model
     puts before the first word of a reply.
     """
     interrupt = interrupt or Interrupt()
@@ -181,6 +183,7 @@ def generate_text(
     finish: FinishReason = "length"
     completion = 0
     reply_ids: list[int] = []
+    unfinished = 0  # trailing reply tokens that only started a character not yet complete
     sampled = 0
     new_prompt = 0
     t_first = t_last = None
@@ -213,7 +216,13 @@ def generate_text(
                         break
                     completion += 1
                     reply_ids.append(int(token))
-                    emit(scanner.feed(utf8.feed(piece(token))))
+                    data = piece(token)
+                    before = utf8.pending()
+                    emit(scanner.feed(utf8.feed(data)))
+                    if utf8.pending() == before + len(data) and data:
+                        unfinished += 1  # every byte of it waits for the rest of a character
+                    else:
+                        unfinished = 0
                     if scanner.stopped:
                         finish = "stop"
                         break
@@ -228,7 +237,9 @@ def generate_text(
         finally:
             tokens.close()
     if not scanner.stopped:
-        emit(scanner.feed(utf8.flush()))
+        if utf8.flush() and unfinished:
+            # a cut inside a character: its bytes are dropped, so are the tokens that held only them
+            del reply_ids[len(reply_ids) - unfinished:]
         emit(scanner.flush())
     t_end = time.perf_counter()
     ttft = (t_first - t0) if t_first is not None else t_end - t0

@@ -5,11 +5,18 @@ deletion in Chinese, Korean and Japanese text land on whole characters. Enter se
 except inside a ``\"\"\"`` block, where it starts a new line until a line ends with ``\"\"\"``.
 A bracketed paste (what terminals send for pasted text) is inserted whole, newlines included,
 and sent with the next Enter.
+
+Between prompts (while a reply streams) the terminal is in its ordinary cooked mode, which echoes
+what is typed into the middle of the reply. :func:`typing_hidden` turns the echo off for that
+time; the keys stay in the terminal's input queue and the next prompt reads them as before.
 """
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
@@ -75,3 +82,38 @@ class InputReader:
 
     def read(self) -> str:
         return unwrap_block(self._session.prompt(PROMPT))
+
+    def confirm(self, question: str) -> bool:
+        """Ask a yes/no question (not kept in the history); anything but y/yes, Ctrl-C or Ctrl-D is no."""
+        try:
+            answer = PromptSession[str](history=InMemoryHistory()).prompt(f"{question} [y/N] ")
+        except (KeyboardInterrupt, EOFError):
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+
+@contextmanager
+def typing_hidden(stream: TextIO | None = None) -> Iterator[None]:
+    """Keep keys typed in the meantime off the screen (no terminal echo); a no-op without a terminal.
+
+    Only ECHO is cleared: Ctrl-C still sends SIGINT, and the typed text stays queued for the next
+    prompt. The previous settings come back however the block ends.
+    """
+    stream = stream or sys.stdin
+    try:
+        import termios
+
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    except (ImportError, OSError, ValueError):  # no termios (Windows), or a closed or fake stream
+        saved = None
+    if saved is None:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] = saved[3] & ~(termios.ECHO | termios.ECHONL)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)

@@ -1,7 +1,8 @@
 """The interactive chat: read a message or a command, show the reply, repeat.
 
 Ctrl-C while a reply is generated stops that reply (it stays in the conversation); Ctrl-C at the
-prompt clears the line, and a second one in a row exits, as does Ctrl-D or /exit.
+prompt clears the line, and a second one in a row exits, as does Ctrl-D or /exit. Nothing else
+ends the chat: a failing command or reply is reported in one line and the conversation goes on.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable
 from rich.console import Console
 
 from cvlocal.chat.commands import EXIT, is_command, run_command
-from cvlocal.chat.input import InputReader
+from cvlocal.chat.input import InputReader, typing_hidden
 from cvlocal.chat.render import LiveReply, turn_summary
 from cvlocal.session import ChatSession, ContextFullError, Turn
 
@@ -29,19 +30,24 @@ class Repl:
 
     def show_reply(self, produce: Callable[[Callable[[str], None]], Turn]) -> Turn | None:
         try:
-            with self.session.interrupt.armed():  # Ctrl-C from now on stops this reply, not the chat
+            # Ctrl-C from now on stops this reply, not the chat; keys typed meanwhile are not echoed into it
+            with self.session.interrupt.armed(), typing_hidden():
                 turn = self._live.run(produce)
         except ContextFullError as err:
             self.out.print(f"error: {err}", style="red", markup=False)
             return None
         if turn.dropped_turns:
-            self.out.print(f"(dropped the {turn.dropped_turns} oldest exchange(s) to fit the context of "
-                           f"{self.session.n_ctx} tokens; the system prompt stays)", style="yellow", markup=False)
+            self.out.print(f"(dropped the {turn.dropped_turns} oldest exchange(s) from what the model sees, to fit "
+                           f"the context of {self.session.n_ctx} tokens; the system prompt stays, and the "
+                           "conversation and /save keep every turn)", style="yellow", markup=False)
         if turn.finish_reason == "interrupted":
             self.out.print("(stopped; the partial reply is kept — /undo removes it, /regen redoes it)",
                            style="yellow", markup=False)
         self.out.print(turn_summary(turn), style="dim", markup=False)
         return turn
+
+    def confirm(self, question: str) -> bool:
+        return self.reader.confirm(question)
 
     def banner(self) -> None:
         s = self.session
@@ -74,6 +80,10 @@ class Repl:
                     break
             except EOFError:
                 break
+            except Exception as err:  # noqa: BLE001 - the conversation outlives any one failure
+                interrupted_once = False
+                self.out.print(f"error: {type(err).__name__}: {err} (the conversation is kept; /save it)",
+                               style="red", markup=False)
         self.out.print("bye", style="dim")
         return 0
 

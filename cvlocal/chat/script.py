@@ -97,12 +97,17 @@ class ScriptHost:
         self.stdout = stdout
         self._plain = PlainReply(stdout)
 
+    def confirm(self, question: str) -> bool:
+        """A script cannot be asked: the answer is no (``/save!`` replaces without asking)."""
+        return False
+
     def show_reply(self, produce: Callable[[Callable[[str], None]], Turn]) -> Turn | None:
         turn = produce(lambda text: None) if self.as_json else self._plain.run(produce)
         if turn.finish_reason == "interrupted":
             raise KeyboardInterrupt  # in a script, Ctrl-C ends the run, not just the reply
         if turn.dropped_turns:
-            ui.warn(f"dropped the {turn.dropped_turns} oldest exchange(s) to fit the context of {self.session.n_ctx} tokens")
+            ui.warn(f"dropped the {turn.dropped_turns} oldest exchange(s) from what the model sees, to fit the context "
+                    f"of {self.session.n_ctx} tokens (the transcript keeps them)")
         if not self.quiet:
             ui.stderr.print(turn_summary(turn), style="dim", markup=False)
         return turn

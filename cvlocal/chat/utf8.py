@@ -3,7 +3,9 @@
 A token of a byte-level BPE or a SentencePiece byte-fallback vocabulary can end in the middle of
 a multi-byte UTF-8 character (a CJK character is three bytes, often split over two or three
 tokens). Decoding each piece on its own prints U+FFFD garbage; this keeps the incomplete tail of a
-character until the bytes that finish it arrive.
+character until the bytes that finish it arrive. A reply cut by max_tokens or Ctrl-C can end inside
+a character: those bytes are dropped, not turned into U+FFFD (which would also go back to the
+model in the next prompt).
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ class Utf8Stream:
         buffered, _ = self._decoder.getstate()
         return len(buffered)
 
-    def flush(self) -> str:
-        """End of stream: an unfinished character left over becomes U+FFFD."""
-        text = self._decoder.decode(b"", final=True)
+    def flush(self) -> int:
+        """End of stream: drop an unfinished character left over; returns how many bytes it had."""
+        dropped = self.pending()
         self._decoder.reset()
-        return text
+        return dropped
