@@ -69,8 +69,15 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.evaluation.scoring import parse_scorer_spec
     from cvlocal.evaluation.table import print_table
 
+    from convert.output_policy import refuse_overlap
+    from cvlocal.commands._checks import at_least
+
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
+    at_least("--threads", args.threads)
+    # The folder is written into, not replaced: its files (and the cache) must not be inputs.
+    refuse_overlap([args.out / name for name in ("report.json", "report.md", "items.jsonl", "cache")],
+                  [*args.models, args.judge, args.suites_dir if args.suites_dir != SUITES_DIR else None])
     request = EvalRequest(
         models=list(args.models),
         out=args.out,
