@@ -100,6 +100,8 @@ def remove_path(path: Path) -> None:
 
     Callers pass only paths the command itself created (partials, its own outputs).
     """
+    if not _exists(path):  # checked first: on a read-only file system unlink says EROFS, not ENOENT
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -107,6 +109,15 @@ def remove_path(path: Path) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _discard(path: Path) -> None:
+    """Remove a temporary path while another error is on its way: a second error must not hide it
+    (what cannot be removed now is a stale partial the next run removes)."""
+    try:
+        remove_path(path)
+    except OSError:
+        pass
 
 
 def _exists(path: Path) -> bool:
@@ -160,8 +171,12 @@ def _sigterm_raises() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _name_user_path(err: OSError, tmp: Path, target: Path) -> None:
-    """Make an OSError name ``target`` rather than the temporary path (or nothing)."""
+def _name_user_path(err: OSError, tmp: Path, target: Path, keep_tail: bool = True) -> None:
+    """Make an OSError name ``target`` rather than the temporary path (or nothing).
+
+    ``keep_tail``: a file inside a temporary folder becomes the same file inside ``target``;
+    otherwise (side files that never become an output) the error names ``target`` itself.
+    """
     name = err.filename
     if name is None:
         if err.errno in _WRITE_ERRNOS:
@@ -169,7 +184,7 @@ def _name_user_path(err: OSError, tmp: Path, target: Path) -> None:
         return
     text, prefix = os.fsdecode(name) if isinstance(name, (str, bytes)) else str(name), str(tmp)
     if text == prefix or text.startswith(prefix + os.sep):
-        err.filename = str(target) + text[len(prefix):]
+        err.filename = str(target) + (text[len(prefix):] if keep_tail else "")
 
 
 @contextmanager
@@ -180,16 +195,16 @@ def scratch(target: Path, tag: str, *, directory: bool = False) -> Iterator[Path
     """
     remove_stale_partials(target.parent, target.name)
     tmp = partial_path(target, tag)
-    if directory:
-        tmp.mkdir()
     try:
+        if directory:
+            tmp.mkdir()
         with _sigterm_raises():
             yield tmp
     except OSError as err:
-        _name_user_path(err, tmp, target)
+        _name_user_path(err, tmp, target, keep_tail=False)
         raise
     finally:
-        remove_path(tmp)
+        _discard(tmp)
 
 
 @contextmanager
@@ -203,18 +218,18 @@ def atomic_output(target: str | Path, *, directory: bool = False, force: bool = 
     target = check_output_path(target, force, directory=directory, own=own)
     remove_stale_partials(target.parent, target.name)
     tmp = partial_path(target)
-    if directory:
-        tmp.mkdir()
     try:
+        if directory:
+            tmp.mkdir()
         with _sigterm_raises():
             yield tmp
             _replace(tmp, target, force, directory, own)
     except OSError as err:
-        remove_path(tmp)
+        _discard(tmp)
         _name_user_path(err, tmp, target)
         raise
     except BaseException:
-        remove_path(tmp)
+        _discard(tmp)
         raise
 
 

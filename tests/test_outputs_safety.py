@@ -255,9 +255,9 @@ def test_a_failing_consumer_leaves_no_merge_thread_running(fam_copy, tmp_path, m
     monkeypatch.setattr(gguf_writer.GGUFWriter, "write_tensor", failing)
     with pytest.raises(OSError) as caught:  # the traceback (and its frames) stays alive here
         merge_models(fam_copy / "cp", tmp_path / "m.gguf", base=fam_copy / "base", chat=fam_copy / "chat", quiet=True)
-    assert caught.value.errno == 28 and caught.value.filename == str(tmp_path / "m.gguf")
     alive = [t.name for t in threading.enumerate() if t.name.startswith("cvlocal-")]
     assert alive == [], alive
+    assert caught.value.errno == 28 and caught.value.filename == str(tmp_path / "m.gguf")  # the user's file
     assert not _partials(tmp_path)
 
 
@@ -301,3 +301,34 @@ def test_partials_of_a_killed_merge_are_removed_by_the_next_run(fam_copy, tmp_pa
     for path in stale:
         assert not path.exists() and str(path) in done.stderr and "removed" in done.stderr
     assert _partials(out.parent) == [live]
+
+
+# ---- faults: a real full tmpfs (ENOSPC) and a real read-only mount (EROFS) ------------------------
+def _in_private_mount(mount_options: str, command: list[object], folder: Path) -> subprocess.CompletedProcess:
+    """Run ``python -m cvlocal COMMAND`` with a fresh tmpfs on ``folder`` (a private mount namespace);
+    ``ls -A`` of the folder afterwards goes to stdout (the mount vanishes with the namespace)."""
+    cli_line = " ".join(f"'{a}'" for a in [sys.executable, "-m", "cvlocal", *map(str, command)])
+    script = f"mount -t tmpfs -o {mount_options} tmpfs '{folder}' && {{ {cli_line}; rc=$?; ls -A '{folder}'; exit $rc; }}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _private_mounts_work(tmp_path: Path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{tmp_path}'"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("options, meaning", [("size=600k", "No space left on device"), ("ro,size=1m", "Read-only file system")])
+def test_full_and_read_only_filesystems_are_one_line(fam_copy, tmp_path, options, meaning):
+    folder = tmp_path / "mnt"
+    folder.mkdir()
+    if not _private_mounts_work(folder):
+        pytest.skip("no private mount namespace here (unshare -rm)")
+    out = folder / "m.gguf"
+    proc = _in_private_mount(options, _merge_args(fam_copy, out, "--quiet"), folder)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors == [f"cvlocal: error: {out}: {meaning}"], proc.stderr[-2000:]
+    assert proc.stdout.strip() == ""  # nothing at the output path, no partial, no side folder
