@@ -263,35 +263,55 @@ def test_a_failing_consumer_leaves_no_merge_thread_running(fam_copy, tmp_path, m
 
 # ---- SIGKILL leaves partials; the next run removes the stale ones and says so ----------------------
 _SLOW_MERGE = textwrap.dedent("""
-    import sys, time
+    # Pause in the main thread mid-stream (signals are handled there): in the compute step of a
+    # merge to a folder, in the GGUF writer of a one-pass merge.
+    import sys, threading, time
+    from convert import gguf_writer
     from cvlocal.vector import merge
-    original, calls = merge.MergeComputer.compute, []
-    def slow(self, chunk, data):
-        calls.append(chunk.name)
-        if len(calls) == 4:
-            print("ready", flush=True)
-            time.sleep(120)
-        return original(self, chunk, data)
-    merge.MergeComputer.compute = slow
+    calls = []
+    def pausing(original):
+        def run(*args):
+            if threading.current_thread() is threading.main_thread():
+                calls.append(1)
+                if len(calls) == 4:
+                    print("ready", flush=True)
+                    time.sleep(120)
+            return original(*args)
+        return run
+    merge.MergeComputer.compute = pausing(merge.MergeComputer.compute)
+    gguf_writer.GGUFWriter.write_tensor = pausing(gguf_writer.GGUFWriter.write_tensor)
     from cvlocal.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
+
+
+def _signal_a_running_merge(fam_copy: Path, out: Path, signum: int) -> int:
+    """Start a merge that pauses mid-stream, send it ``signum`` from here, return its exit status."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_MERGE, *map(str, _merge_args(fam_copy, out, "--quiet"))],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        os.kill(proc.pid, signum)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("name", ["merged", "m.gguf"])
+def test_sigterm_stops_a_merge_and_leaves_nothing(fam_copy, tmp_path, name):
+    out = tmp_path / "out" / name
+    out.parent.mkdir()
+    assert _signal_a_running_merge(fam_copy, out, signal.SIGTERM) == 143
+    assert not out.exists() and not _partials(out.parent)
 
 
 @pytest.mark.parametrize("name", ["merged", "m.gguf"])
 def test_partials_of_a_killed_merge_are_removed_by_the_next_run(fam_copy, tmp_path, name):
     out = tmp_path / "out" / name
     out.parent.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_MERGE, *map(str, _merge_args(fam_copy, out, "--quiet"))],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert _signal_a_running_merge(fam_copy, out, signal.SIGKILL) == -signal.SIGKILL
     stale = _partials(out.parent)
     assert stale and not out.exists()
     live = partial_path(out)  # a partial of a process that still runs (this one) must be left alone
