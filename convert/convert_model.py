@@ -18,6 +18,9 @@ files are removed on success, failure, Ctrl-C and SIGTERM.
 """
 from __future__ import annotations
 
+import errno
+import os
+import resource
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -29,7 +32,7 @@ from convert.conversion import Progress, SourcePlan, lossless_type, prepare, wri
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
-from convert.llama_quantize import llama_quantize
+from convert.llama_quantize import QuantizeError, llama_quantize
 from convert.metadata import file_name
 from convert.output_policy import refuse_overlap
 from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
@@ -127,8 +130,40 @@ def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, 
             if out_type.direct:
                 transcode(source, tmp, out_type, threads=threads)
             else:
-                llama_quantize(source, tmp, out_type, threads)
+                _quantize(source, tmp, path, out_type, threads)
         written[out_type.name] = path
+
+
+def _quantize(source: Path, tmp: Path, target: Path, out_type: OutType, threads: int | None) -> None:
+    """llama.cpp's quantizer into ``tmp``; a full disk, a file size limit or a read-only file system
+    becomes the OSError it is, naming ``target`` (llama.cpp says only "iostream error")."""
+    try:
+        llama_quantize(source, tmp, out_type, threads)
+    except QuantizeError:
+        fault = _write_fault(tmp)
+        if fault is None:
+            raise
+        raise OSError(fault, os.strerror(fault), str(target)) from None
+
+
+def _write_fault(path: Path) -> int | None:
+    """The errno that explains a failed write of ``path``, if the file system or a limit shows one."""
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if fs.f_bavail == 0:
+        return errno.ENOSPC
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    if soft != resource.RLIM_INFINITY and size >= soft:
+        return errno.EFBIG
+    return None
 
 
 def _single(outputs: dict[str, Path]) -> Path:
@@ -197,5 +232,5 @@ def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int 
         if out_type.direct:
             transcode(inp, tmp, out_type, threads=threads)
         else:
-            llama_quantize(inp, tmp, out_type, threads)
+            _quantize(inp, tmp, target, out_type, threads)
     return target

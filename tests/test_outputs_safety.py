@@ -238,6 +238,12 @@ def test_full_disk_is_one_line_for_every_writer(fam_copy, tmp_path, command):
     _assert_disk_fault(_run_limited(args, limit=400_000 if command == "merge-q8_0" else 1_500_000), out)
 
 
+def test_llama_cpp_quantizer_past_a_file_size_limit_is_one_line(tiny_gguf, tmp_path):
+    out = tmp_path / "out" / "q.gguf"
+    out.parent.mkdir()
+    _assert_disk_fault(_run_limited(["quantize", tiny_gguf("llama2", "f16"), "-o", out, "--type", "q4_k_m", "--quiet"], limit=200_000), out)
+
+
 def test_a_failing_consumer_leaves_no_merge_thread_running(fam_copy, tmp_path, monkeypatch):
     """The GGUF writer fails mid-stream: every pipeline thread is joined before the error arrives."""
     from convert import gguf_writer
@@ -340,14 +346,20 @@ def _private_mounts_work(tmp_path: Path) -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.parametrize("options, meaning", [("size=600k", "No space left on device"), ("ro,size=1m", "Read-only file system")])
-def test_full_and_read_only_filesystems_are_one_line(fam_copy, tmp_path, options, meaning):
+@pytest.mark.parametrize("command, options, meaning", [
+    ("merge", "size=600k", "No space left on device"),
+    ("merge", "ro,size=1m", "Read-only file system"),
+    ("quantize", "size=300k", "No space left on device"),  # inside llama.cpp's quantizer
+])
+def test_full_and_read_only_filesystems_are_one_line(fam_copy, tiny_gguf, tmp_path, command, options, meaning):
     folder = tmp_path / "mnt"
     folder.mkdir()
     if not _private_mounts_work(folder):
         pytest.skip("no private mount namespace here (unshare -rm)")
     out = folder / "m.gguf"
-    proc = _in_private_mount(options, _merge_args(fam_copy, out, "--quiet"), folder)
+    args = (_merge_args(fam_copy, out, "--quiet") if command == "merge"
+            else ["quantize", tiny_gguf("llama2", "f16"), "-o", out, "--type", "q4_k_m", "--quiet"])
+    proc = _in_private_mount(options, args, folder)
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert errors == [f"cvlocal: error: {out}: {meaning}"], proc.stderr[-2000:]
