@@ -18,19 +18,23 @@ files are removed on success, failure, Ctrl-C and SIGTERM.
 """
 from __future__ import annotations
 
+import errno
+import os
+import resource
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from convert.atomic import atomic_output, check_output_path, partial_path, remove_path
+from convert.atomic import atomic_output, check_output_path, scratch
 from convert.checkpoint import open_checkpoint
 from convert.conversion import Progress, SourcePlan, lossless_type, prepare, write_direct
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
-from convert.llama_quantize import llama_quantize
+from convert.llama_quantize import QuantizeError, llama_quantize
 from convert.metadata import file_name
+from convert.output_policy import refuse_overlap
 from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
 from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype
 from convert.transcode import transcode
@@ -61,6 +65,7 @@ def write_ggufs(
     on_progress: Progress | None = None,
     on_stage: Stage | None = None,
     on_warning: Callable[[str], None] | None = None,
+    origin: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write one GGUF per output type (``{"f16": path, "q4_k_m": path}``) reading the source once.
 
@@ -68,14 +73,29 @@ def write_ggufs(
     shape); without them the weights come from ``source_dir``'s checkpoint files.
     ``threads`` is for q8_0/bf16 encoding and llama.cpp's quantizer (default: the usable CPUs).
     ``on_progress(name, nbytes)`` follows each source tensor, ``on_stage(text)`` announces each
-    derived output, ``on_warning(text)`` reports tokenizer caveats. Returns the written paths.
+    derived output, ``on_warning(text)`` reports tokenizer caveats. ``origin`` is where the files
+    of ``source_dir`` came from when it is a temporary folder (a one-pass merge's side files are the
+    CP model's): an error about one of them names the file there. Returns the written paths.
     """
     folder = Path(source_dir)
+    try:
+        return _write_ggufs(folder, outputs, plan, tensors, threads, force, metadata, on_progress, on_stage, on_warning)
+    except ConvertError as err:
+        if origin is None or str(folder) not in str(err):
+            raise
+        raise ConvertError(str(err).replace(str(folder), str(origin))) from None
+
+
+def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePlan | None,
+                 tensors: Iterable[tuple[str, torch.Tensor]] | None, threads: int | None, force: bool,
+                 metadata: Mapping[str, Any] | None, on_progress: Progress | None, on_stage: Stage | None,
+                 on_warning: Callable[[str], None] | None) -> dict[str, Path]:
     wanted = {lookup_outtype(name): check_output_path(Path(path), force) for name, path in outputs.items()}
     if not wanted:
         raise ConvertError("no output type given", fix=f"Choose from: {', '.join(OUTTYPES)}.")
     if len({p.resolve() for p in wanted.values()}) != len(wanted):
         raise ConvertError("two output types would write the same file", fix="Use a folder or a name with {type}.")
+    refuse_overlap(wanted.values(), [folder])
     source, stream, ckpt = _stream_and_plan(folder, plan, tensors)
     try:
         base_type = lossless_type(source)
@@ -92,14 +112,9 @@ def write_ggufs(
             written[first_type.name] = wanted[first_type]
             _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written)
             return written
-        anchor = next(iter(wanted.values()))
-        hidden = partial_path(anchor.with_name(anchor.stem + "-intermediate.gguf"))
-        try:
-            with atomic_output(hidden) as tmp:
-                write_direct(conv, tmp, stream, on_progress, threads)
+        with scratch(next(iter(wanted.values())), "intermediate.gguf") as hidden:
+            write_direct(conv, hidden, stream, on_progress, threads)
             _derive(hidden, wanted, threads, force, on_stage, written)
-        finally:
-            remove_path(hidden)
         return written
     finally:
         if ckpt is not None:
@@ -115,8 +130,40 @@ def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, 
             if out_type.direct:
                 transcode(source, tmp, out_type, threads=threads)
             else:
-                llama_quantize(source, tmp, out_type, threads)
+                _quantize(source, tmp, path, out_type, threads)
         written[out_type.name] = path
+
+
+def _quantize(source: Path, tmp: Path, target: Path, out_type: OutType, threads: int | None) -> None:
+    """llama.cpp's quantizer into ``tmp``; a full disk, a file size limit or a read-only file system
+    becomes the OSError it is, naming ``target`` (llama.cpp says only "iostream error")."""
+    try:
+        llama_quantize(source, tmp, out_type, threads)
+    except QuantizeError:
+        fault = _write_fault(tmp)
+        if fault is None:
+            raise
+        raise OSError(fault, os.strerror(fault), str(target)) from None
+
+
+def _write_fault(path: Path) -> int | None:
+    """The errno that explains a failed write of ``path``, if the file system or a limit shows one."""
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if fs.f_bavail == 0:
+        return errno.ENOSPC
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    if soft != resource.RLIM_INFINITY and size >= soft:
+        return errno.EFBIG
+    return None
 
 
 def _single(outputs: dict[str, Path]) -> Path:
@@ -180,11 +227,10 @@ def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int 
         target = target.with_name(fill_type(target.name, out_type))
     elif is_folder_target(out):
         target = target / file_name(general, out_type.label)
-    if target.resolve() == inp.resolve():
-        raise ConvertError("the output would overwrite the input", target, "Choose another output path.")
+    refuse_overlap([target], [inp])
     with atomic_output(target, force=force) as tmp:
         if out_type.direct:
             transcode(inp, tmp, out_type, threads=threads)
         else:
-            llama_quantize(inp, tmp, out_type, threads)
+            _quantize(inp, tmp, target, out_type, threads)
     return target

@@ -3,12 +3,15 @@
 Each sub-command lives in ``cvlocal/commands/<name>.py`` and provides ``register(subparsers,
 common)``, which adds its parser and sets ``func`` to a function taking the parsed arguments and
 returning an exit status. Errors become one line on stderr (``--debug`` shows the traceback):
-exit 2 for bad usage or input, 1 for a failure of the work, 130 for Ctrl-C.
+exit 2 for bad usage or input, 1 for a failure of the work (an ``OSError`` such as a full disk or
+a read-only folder included: the path and the errno's meaning), 130 for Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import pkgutil
 import sys
 import traceback
@@ -75,12 +78,40 @@ def _register_unavailable(sub: argparse._SubParsersAction, common: argparse.Argu
     p.set_defaults(func=run)
 
 
+def os_error_line(err: OSError) -> str:
+    """``PATH: meaning of the errno`` (both paths of a rename), without Python's ``[Errno N]``."""
+    meaning = os.strerror(err.errno) if err.errno else (err.strerror or str(err) or err.__class__.__name__)
+    paths = [os.fsdecode(p) for p in (err.filename, err.filename2) if p is not None and isinstance(p, (str, bytes, os.PathLike))]
+    return f"{' -> '.join(paths)}: {meaning}" if paths else " ".join(meaning.split())
+
+
+class _NoteHandler(logging.Handler):
+    """The converter library's notes (e.g. a stale partial it removed) as one line each on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(logging.INFO)
+        self.quiet = quiet
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.quiet or record.levelno >= logging.WARNING:
+            sys.stderr.write(f"cvlocal: note: {' '.join(record.getMessage().split())}\n")
+
+
+def _route_library_notes(quiet: bool) -> logging.Handler:
+    logger = logging.getLogger("convert")
+    handler = _NoteHandler(quiet)
+    logger.addHandler(handler)
+    logger.propagate = False
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m cvlocal``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     tune_malloc()
+    handler = _route_library_notes(getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
     except ConvertError as err:
@@ -100,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:  # the disk filled up, a folder is read-only, ...: the work failed
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"cvlocal: error: {os_error_line(err)}\n")
+        return 1
+    finally:
+        logging.getLogger("convert").removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -126,8 +126,13 @@ def test_existing_output_is_refused_unless_force(tiny_family, tmp_path):
     (out / "keep.txt").write_text("mine")
     assert_one_line_error(_merge(fam, fam.cp, out), "already exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only an earlier merge's folder, never a folder of other things (issue 12)
+    assert_one_line_error(_merge(fam, fam.cp, out, "--force"), "not an output of this command", "--force or not")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder holds nothing to lose
     cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "-o", out, "--force", "--quiet")
-    assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "-o", out, "--force", "--quiet")
+    assert (out / "model.safetensors").is_file()
 
 
 def test_ctrl_c_leaves_nothing(tiny_family, tmp_path, monkeypatch):

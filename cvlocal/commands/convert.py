@@ -40,9 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from convert.checkpoint import open_checkpoint
     from cvlocal.errors import WorkError
 
+    from convert.output_policy import refuse_overlap
+    from cvlocal.commands._checks import at_least
+
     quiet = args.quiet or args.json
+    at_least("--threads", args.threads)
     metadata = {"general.name": args.name} if args.name else None
     outputs = output_paths(args.output, args.outtype, args.model, metadata=metadata)
+    refuse_overlap(outputs.values(), [args.model])
     with open_checkpoint(args.model) as ckpt:
         total = ckpt.total_bytes()
     started = time.monotonic()

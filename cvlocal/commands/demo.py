@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.demo.report import print_report
     from cvlocal.demo.runner import run_demo
 
+    from convert.output_policy import refuse_overlap
+    from cvlocal.commands._checks import at_least
+
+    at_least("--threads", args.threads)
+    refuse_overlap([args.out], [args.assets])
     report = run_demo(args.out, assets=args.assets, force=args.force, quiet=args.quiet, threads=args.threads)
     if args.json:
         summary = {k: report[k] for k in ("output", "prompts", "ratio", "outtype", "models", "sample", "timings")}

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cvlocal import ui
+from cvlocal.commands._checks import at_least
 from cvlocal.evaluation.generate import DEFAULT_MAX_TOKENS, DEFAULT_SAMPLES, GenerationSettings
 from cvlocal.evaluation.languages import LANGS, normalise_lang
 from cvlocal.evaluation.suites import SUITES, SUITES_DIR, parse_list
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--judge-labelled must be 0 or more (got {args.judge_labelled})", fix="pass --judge-labelled N")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
+    at_least("--threads", args.threads)
+    _refuse_outputs_over_inputs(args, [*args.models, args.judge,
+                                       args.suites_dir if args.suites_dir != SUITES_DIR else None])
     request = EvalRequest(
         models=list(args.models),
         out=args.out,
@@ -110,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
     return _show(report, args)
 
 
+def _refuse_outputs_over_inputs(args: argparse.Namespace, inputs: list) -> None:
+    """The --out folder is written into, not replaced: the files it gets (and its cache) must not be inputs."""
+    from convert.output_policy import refuse_overlap
+
+    refuse_overlap([args.out / name for name in ("report.json", "report.md", "items.jsonl", "cache")], inputs)
+
+
 def _score_replies(args: argparse.Namespace) -> int:
     """``--score-replies``: no model options apply, only the scorer and the output."""
     from cvlocal.errors import UsageError
@@ -122,6 +133,7 @@ def _score_replies(args: argparse.Namespace) -> int:
     if args.judge is not None:
         raise UsageError("--judge is not available with --score-replies", args.judge,
                          "run the judge on a model evaluation instead")
+    _refuse_outputs_over_inputs(args, list(args.score_replies))
     request = RepliesRequest(
         files=list(args.score_replies), out=args.out, scorer=parse_scorer_spec(args.scorer), threads=args.threads,
         quiet=args.quiet,

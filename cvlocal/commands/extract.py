@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from convert.output_policy import refuse_overlap
     from cvlocal.vector.extract import extract_vector
 
+    refuse_overlap([args.output], [args.base, args.chat])
     summary = extract_vector(args.base, args.chat, args.output, dtype=args.dtype, device=args.device, shard_size=args.shard_size, force=args.force, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

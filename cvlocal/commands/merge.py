@@ -37,15 +37,27 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from convert.output_names import fill_type, has_placeholder
+    from convert.quant_tables import parse_outtypes
+    from convert.output_policy import refuse_overlap
+    from cvlocal.commands._checks import at_least
     from cvlocal.vector.merge import merge_models, parse_vector_arg
 
+    vectors = [parse_vector_arg(v) for v in args.vector]
+    at_least("--threads", args.threads)
+    outputs = [args.output]
+    if args.output.suffix.lower() == ".gguf":
+        types = parse_outtypes(args.outtype or "f16")
+        if has_placeholder(args.output):
+            outputs = [args.output.with_name(fill_type(args.output.name, t)) for t in types]
+    refuse_overlap(outputs, [args.cp, args.base, args.chat, *(path for path, _ in vectors)])
     summary = merge_models(
         args.cp,
         args.output,
         base=args.base,
         chat=args.chat,
         ratio=args.ratio,
-        vectors=[parse_vector_arg(v) for v in args.vector],
+        vectors=vectors,
         embeddings=args.embeddings,
         special_tokens=args.special_tokens,
         dtype=args.dtype,

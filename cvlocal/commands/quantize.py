@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from convert import QuantizeError, quantize_gguf
     from cvlocal.errors import WorkError
 
+    from convert.quant_tables import outtype
+    from cvlocal.commands._checks import at_least
+
+    outtype(args.qtype)  # a bad type is refused before the input is opened
+    at_least("--threads", args.threads)
     started = time.monotonic()
     with maybe_status(f"quantizing {args.input.name} to {args.qtype}", args.quiet or args.json):
         try:

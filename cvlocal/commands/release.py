@@ -105,8 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.release.card import parse_languages
     from cvlocal.release.pipeline import ReleaseRequest, release
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads {args.threads} must be at least 1", fix="Leave it out for the default.")
+    from convert.output_policy import refuse_overlap
+    from cvlocal.commands._checks import at_least
+
+    at_least("--threads", args.threads)
+    refuse_overlap([args.output], [args.source, args.eval_report, args.heldout])
     if args.chunks < 0:
         raise UsageError(f"--chunks {args.chunks} must be 0 (all) or more")
     request = ReleaseRequest(

@@ -7,6 +7,7 @@ greedy decoding). Each prompt is a fresh single-turn conversation.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,15 +109,24 @@ def evaluate(paths: dict[str, Path], bundle: DemoBundle, *, threads: int | None,
     return results
 
 
+def is_demo_folder(path: Path) -> bool:
+    """A folder an earlier demo wrote (its report.json names the demo's models): --force may replace it."""
+    try:
+        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"prompts", "ratio", "models"} <= report.keys()
+
+
 def run_demo(out: Path, *, assets: Path | None = None, force: bool = False, quiet: bool = False,
              threads: int | None = None, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
     """Build, chat, score and write the report into ``out`` (complete or not at all)."""
     from cvlocal.demo.report import build_report, write_reports
 
     started = time.perf_counter()
-    out = check_output_path(out, force)
+    out = check_output_path(out, force, directory=True, own=is_demo_folder)
     bundle = load_bundle(assets)
-    with atomic_output(out, directory=True, force=force) as tmp:
+    with atomic_output(out, directory=True, force=force, own=is_demo_folder) as tmp:
         paths = build_models(bundle, tmp, threads=threads, quiet=quiet)
         built = time.perf_counter()
         results = evaluate(paths, bundle, threads=threads, max_tokens=max_tokens, quiet=quiet)

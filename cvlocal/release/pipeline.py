@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from convert.atomic import atomic_output, check_output_path, remove_path
+from convert.atomic import atomic_output, check_output_path, remove_path, remove_stale_partials
 from convert.gguf_constants import Keys
 from convert.quant_tables import OutType
 from cvlocal.errors import UsageError, WorkError
@@ -152,9 +152,11 @@ def _prepare_output(out: Path, source: Source, force: bool) -> ReleaseState:
         previous = ReleaseState.load(out)
         if previous is not None and previous.source_id == source.identity and not force:
             return previous
+        if previous is None and any(out.iterdir()):  # never written into, --force or not
+            raise UsageError("output folder exists and is not a release folder; it is never written into, --force or not", out,
+                             "Choose another folder (an empty or new one).")
         if not force and any(out.iterdir()):
-            why = "was made from another source" if previous is not None else "is not a release in progress"
-            raise UsageError(f"output folder exists and {why}", out, "Choose another folder or pass --force to rebuild everything in it.")
+            raise UsageError("output folder exists and was made from another source", out, "Choose another folder or pass --force to rebuild everything in it.")
         return ReleaseState(source_id=source.identity)
     check_output_path(out)
     out.mkdir()
@@ -469,9 +471,9 @@ class Release:
 # ---- helpers --------------------------------------------------------------------------------------
 def _remove_leftovers(out: Path) -> None:
     """Temporary files of a run that was killed outright (SIGKILL, power loss) in this release folder."""
-    for pattern in (".reference-probs-*.npy", ".*.partial-*"):
-        for path in out.glob(pattern):
-            remove_path(path)
+    for path in out.glob(".reference-probs-*.npy"):
+        remove_path(path)
+    remove_stale_partials(out)  # only those whose process is gone: another run may be writing its own
 
 
 def _title(report: ReleaseReport, req: ReleaseRequest) -> str:

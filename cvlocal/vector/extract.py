@@ -28,7 +28,7 @@ from cvlocal.vector.pipeline import Chunk, compute_threads
 from cvlocal.vector.roles import config_signature, is_embedding, is_lm_head
 from cvlocal.vector.sources import DeltaSource
 from cvlocal.vector.side_files import write_config
-from cvlocal.vector.vector_folder import FORMAT, FORMAT_VERSION, SPECIAL_ROWS, TOKENIZER_DIR, write_manifest
+from cvlocal.vector.vector_folder import FORMAT, FORMAT_VERSION, SPECIAL_ROWS, TOKENIZER_DIR, is_vector_folder, write_manifest
 
 
 def _copy_chat_side(chat: Checkpoint, folder: Path) -> None:
@@ -79,7 +79,7 @@ def extract_vector(
 ) -> dict[str, Any]:
     """Write the chat vector of (base, chat) to ``out``; return a summary."""
     started = time.perf_counter()
-    out = check_output_path(out, force)
+    out = check_output_path(out, force, directory=Path(out).suffix.lower() != ".gguf", own=is_vector_folder)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
     compute_device = resolve_device(device)
     max_shard = shard_size if isinstance(shard_size, int) else parse_size(shard_size)
@@ -101,7 +101,7 @@ def extract_vector(
         def read(chunk: Chunk) -> tuple[torch.Tensor, ...]:
             return source.read(chunk.name, chunk.start, chunk.stop)
 
-        with atomic_output(out, directory=True, force=force) as tmp:
+        with atomic_output(out, directory=True, force=force, own=is_vector_folder) as tmp:
             with compute_threads(compute_device):
                 files = stream_to_folder(tmp, tensors, max_shard, read, compute, "extract", quiet)
             main_dtype = torch_dtype or max({d for _, d, _ in tensors}, key=lambda d: sum(chat_ck.nbytes(n) for n, dd, _ in tensors if dd == d))

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import json
 import queue
-import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from convert.atomic import atomic_output, check_output_path
+from convert.atomic import atomic_output, check_output_path, scratch
 from convert.checkpoint import Checkpoint, open_checkpoint
+from convert.quant_tables import parse_outtypes
 from cvlocal.errors import UsageError
 from cvlocal.ui import say
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.arithmetic import ChunkArithmetic, Term
-from cvlocal.vector.card import build_recipe, write_card
+from cvlocal.vector.card import RECIPE_FILE, build_recipe, write_card
 from cvlocal.vector.compat import check_compatible
 from cvlocal.vector.device import dtype_name, parse_dtype, resolve_device
 from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
@@ -210,8 +211,13 @@ def _recipe(plan: MergePlan) -> dict[str, Any]:
     )
 
 
+def is_merged_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder an earlier merge wrote (``--force`` may replace only such a folder)."""
+    return (path / RECIPE_FILE).is_file()
+
+
 def _stream_to_hf(plan: MergePlan, computer: MergeComputer, out: Path, shard_size: int, force: bool, quiet: bool) -> list[str]:
-    with atomic_output(out, directory=True, force=force) as tmp:
+    with atomic_output(out, directory=True, force=force, own=is_merged_folder) as tmp:
         files = stream_to_folder(tmp, plan.output_plan(), shard_size, computer.read, computer.compute, "merge", quiet)
         _write_side_files(plan, tmp)
         write_card(tmp, _recipe(plan), out.name)
@@ -276,16 +282,17 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
         if error:
             raise error[0]
     finally:
+        # Runs when the consumer fails too (the caller closes this generator): the pipeline stops
+        # and is joined, so no thread is left computing when the process exits.
         cancel.set()
-        thread.join(timeout=10)
+        thread.join()
 
 
 def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None) -> list[str]:
     """One pass: the merged tensors flow straight into the GGUF writer (one file per type)."""
     from convert import output_paths, write_ggufs  # the converter library; loaded only for GGUF output
 
-    with tempfile.TemporaryDirectory(prefix=".cvlocal-merge-", dir=out.parent) as side:
-        side_dir = Path(side)
+    with scratch(out, "side", directory=True) as side_dir:
         _write_side_files(plan, side_dir)
         recipe = _recipe(plan)
         name = f"{plan.cp.path.resolve().name}-ChatVector"
@@ -295,10 +302,11 @@ def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype
         targets = output_paths(out, outtypes, side_dir, plan=shapes, metadata=metadata)
         for path in targets.values():
             check_output_path(path, force)
-        written = write_ggufs(
-            side_dir, targets, plan=shapes, tensors=_assembled(plan, computer, quiet), threads=threads, force=force,
-            metadata=metadata, on_stage=lambda t: say(f"quantizing to {t}", quiet), on_warning=lambda w: say(f"note: {w}", quiet),
-        )
+        with closing(_assembled(plan, computer, quiet)) as tensors:
+            written = write_ggufs(
+                side_dir, targets, plan=shapes, tensors=tensors, threads=threads, force=force, origin=plan.cp.path,
+                metadata=metadata, on_stage=lambda t: say(f"quantizing to {t}", quiet), on_warning=lambda w: say(f"note: {w}", quiet),
+            )
     return [str(p) for p in written.values()]
 
 
@@ -325,9 +333,11 @@ def merge_models(
     out = Path(out)
     to_gguf = out.suffix.lower() == ".gguf"
     if "{" not in out.name:
-        check_output_path(out, force)
+        check_output_path(out, force, directory=not to_gguf, own=is_merged_folder)
     if outtype and not to_gguf:
         raise UsageError("--outtype needs an output path ending in .gguf", out, "Name the output *.gguf for a one-pass merge to GGUF.")
+    if to_gguf:
+        parse_outtypes(outtype or "f16")  # a bad type is found before any work
     max_shard = shard_size if isinstance(shard_size, int) else parse_size(shard_size)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
     compute_device = resolve_device(device)

@@ -5,7 +5,7 @@ flight cost a few hundred MB whatever the model size; the largest tensor (an 8B 
 embedding is 1 GB in bf16) is never held whole. Three stages run at once: a reader thread
 (file reads release the GIL), the compute step in the calling thread (on the chosen device),
 and a writer thread. Queues of depth two bound the memory; an error or Ctrl-C in any stage stops
-all of them and is re-raised in the caller.
+all of them, every thread is joined, and the first error is re-raised in the caller.
 """
 from __future__ import annotations
 
@@ -83,16 +83,16 @@ def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event, consumer: _Sta
 
 
 def _get(q: "queue.Queue[Any]", stop: threading.Event, stage: _Stage | None) -> Any:
-    while True:
+    """Take the next item; ``_DONE`` once stopped (queued items are dropped) or the producer ended."""
+    while not stop.is_set():
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
-            if stop.is_set():
-                return _DONE
             if stage is not None and not stage.is_alive():
                 if stage.error is not None:
                     raise stage.error
                 return _DONE
+    return _DONE
 
 
 @contextmanager
@@ -160,7 +160,10 @@ def run_pipeline(
         if write_stage.error is not None:
             raise write_stage.error
     except BaseException:
+        # Every wait in the stages polls ``stop``, so they end within one read or write; joining
+        # without a timeout guarantees no thread outlives the call (a thread still inside torch at
+        # interpreter exit aborts the process: "terminate called without an active exception").
         stop.set()
-        read_stage.join(timeout=5)
-        write_stage.join(timeout=5)
+        read_stage.join()
+        write_stage.join()
         raise
