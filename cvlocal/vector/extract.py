@@ -7,7 +7,6 @@ defaults, and the embedding / lm_head rows of its special tokens.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -89,6 +88,7 @@ def extract_vector(
     try:
         check_pair(base_ck, chat_ck)
         chat_table = source.chat_tokens()
+        gen = source.generation_config()  # validated before any work
         template = source.chat_template()
         names = chat_ck.names()
         dtypes = {n: torch_dtype or chat_ck.dtype(n) for n in names}
@@ -108,7 +108,6 @@ def extract_vector(
             write_config(tmp, chat_ck.config, main_dtype, [])
             _copy_chat_side(chat_ck, tmp / TOKENIZER_DIR)
             special = _write_special_rows(chat_ck, chat_table, template, tmp / SPECIAL_ROWS)
-            gen_path = chat_ck.path / "generation_config.json"
             eos = tk.eos_ids(chat_ck.path, chat_table)
             vocab = chat_table.tokens
             manifest = {
@@ -127,7 +126,7 @@ def extract_vector(
                 "bos_token": chat_table.bos,
                 "eos_token": chat_table.eos,
                 "stop_tokens": [{"id": i, "text": vocab[i] if i < len(vocab) else None} for i in eos],
-                "generation_config": json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else None,
+                "generation_config": gen.data if gen is not None else None,
                 "special_rows": {"file": SPECIAL_ROWS, "tokens": special},
             }
             write_manifest(tmp, manifest)

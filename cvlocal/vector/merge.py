@@ -31,7 +31,7 @@ from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
 from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
 from cvlocal.vector.progress_sink import tensor_progress
 from cvlocal.vector.roles import is_embedding, is_vocab_tensor
-from cvlocal.vector.side_files import write_config, write_generation_config, write_tokenizer
+from cvlocal.vector.side_files import read_generation_config, read_side_files, write_config, write_generation_config, write_tokenizer
 from cvlocal.vector.sources import DeltaSource
 
 EMBEDDING_MODES = ("auto", "add", "overlap", "skip")
@@ -148,6 +148,9 @@ def plan_merge(cp_path: Path, sources: list[DeltaSource], *, embeddings: str, sp
     plan.chat_vocab = sources[0].chat_tokens().tokens
     _decide_embeddings(plan, embeddings, cp_table)
     _decide_special_tokens(plan, special_tokens)
+    read_side_files(cp.path)  # every side file is checked now, before the first tensor is read
+    read_generation_config(cp.path)
+    sources[0].generation_config()
     return plan
 
 
@@ -179,7 +182,7 @@ def _write_side_files(plan: MergePlan, folder: Path) -> None:
     """config.json, tokenizer (CP vocab, chat template and eos), generation_config.json."""
     source = plan.sources[0]
     chat_gen = source.generation_config()
-    cp_gen = _json_or_none(plan.cp.path / "generation_config.json")
+    cp_gen = read_generation_config(plan.cp.path)
     gen = write_generation_config(folder, chat_gen, cp_gen, plan.chat_vocab, plan.cp_vocab)
     eos = gen.get("eos_token_id")
     eos_list = [eos] if isinstance(eos, int) else list(eos or [])
@@ -193,10 +196,6 @@ def _dominant_dtype(plan: MergePlan) -> torch.dtype | None:
     for name, dtype in plan.dtypes.items():
         sizes[dtype] = sizes.get(dtype, 0) + plan.cp.nbytes(name)
     return max(sizes, key=sizes.__getitem__) if sizes else None
-
-
-def _json_or_none(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _recipe(plan: MergePlan) -> dict[str, Any]:

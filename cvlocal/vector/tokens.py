@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.chat_template import chat_templates
+from convert.json_file import MAX_ID, JsonObject, check_int, parse_id
 from cvlocal.errors import UsageError
 
 # A conversation that exercises every role a chat template formats.
@@ -57,25 +58,47 @@ def _set(table: list[str | None], i: int, text: str) -> None:
     table[i] = text
 
 
+def _vocab_entries(vocab: Any, where: JsonObject) -> list[tuple[str, int]]:
+    """``model.vocab`` of tokenizer.json: ``{text: id}`` (BPE, WordPiece) or ``[[piece, score], ...]`` (Unigram)."""
+    if isinstance(vocab, dict):
+        return [(text, check_int(i, 0, MAX_ID, lambda what, got, t=text: where.error("vocab", f"a map of token texts to ids ({t[:30]!r} is not {what})", got)))
+                for text, i in vocab.items()]
+    if isinstance(vocab, list):
+        out = []
+        for i, piece in enumerate(vocab):
+            if not isinstance(piece, list) or not piece or not isinstance(piece[0], str):
+                raise where.error("vocab", f"a list of [piece, score] pairs (entry {i} is not)")
+            out.append((piece[0], i))
+        return out
+    raise where.error("vocab", "an object or a list", vocab)
+
+
 def read_token_table(folder: Path) -> TokenTable:
-    """The token table of a folder's tokenizer (tokenizer.json, else tokenizer.model)."""
+    """The token table of a folder's tokenizer (tokenizer.json, else tokenizer.model).
+
+    Every file goes through the converter's validating JSON reader, so a malformed field is one
+    error naming the file and the field; ids are bounded (an id of 10**12 would size the table).
+    """
     table: list[str | None] = []
     special: set[int] = set()
     tok_json = folder / "tokenizer.json"
     sp_model = folder / "tokenizer.model"
     fix = "Check that the folder has the model's tokenizer.json or tokenizer.model."
     if tok_json.is_file():
-        try:
-            data = json.loads(tok_json.read_text(encoding="utf-8"))
-            vocab = data["model"]["vocab"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise UsageError("not a readable tokenizer.json", tok_json, fix) from None
-        entries = vocab.items() if isinstance(vocab, dict) else ((piece[0], i) for i, piece in enumerate(vocab))
-        for text, i in entries:
-            _set(table, int(i), str(text))
-        for entry in data.get("added_tokens") or []:
-            _set(table, int(entry["id"]), str(entry["content"]))
-            special.add(int(entry["id"]))
+        data = JsonObject.read(tok_json)
+        model = data.obj("model", required=True)
+        assert model is not None
+        if "vocab" not in model:
+            raise model.error("vocab", "present (the token table)")
+        for text, i in _vocab_entries(model.raw("vocab"), model):
+            _set(table, i, text)
+        for entry in data.objects("added_tokens"):
+            i = entry.integer("id", low=0)
+            text = entry.text("content")
+            if i is None or text is None:
+                raise entry.error("id" if i is None else "content", "present")
+            _set(table, i, text)
+            special.add(i)
     elif sp_model.is_file():
         import sentencepiece
 
@@ -89,22 +112,16 @@ def read_token_table(folder: Path) -> TokenTable:
                 special.add(i)
     else:
         raise UsageError("no tokenizer (tokenizer.json or tokenizer.model)", folder, fix)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    for key, entry in (config.get("added_tokens_decoder") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
-            _set(table, int(key), entry["content"])
-            special.add(int(key))
-    return TokenTable(table, special, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
-
-
-def _token_text(value: Any) -> str | None:
-    """tokenizer_config stores a token as a string or as an AddedToken dict."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    return None
+    config = JsonObject.optional(folder / "tokenizer_config.json") or JsonObject({}, folder / "tokenizer_config.json")
+    decoder = config.obj("added_tokens_decoder")
+    for key in decoder.keys() if decoder else []:
+        entry = decoder.obj(key)  # type: ignore[union-attr]
+        content = entry.text("content") if entry else None
+        if content is not None:
+            i = parse_id(key, decoder, key)  # type: ignore[arg-type]
+            _set(table, i, content)
+            special.add(i)
+    return TokenTable(table, special, config.token_text("bos_token"), config.token_text("eos_token"))
 
 
 def read_chat_template(folder: Path) -> str | None:
@@ -159,11 +176,8 @@ def template_special_ids(table: TokenTable, template: str | None) -> list[int]:
 
 def eos_ids(folder: Path, table: TokenTable) -> list[int]:
     """End-of-turn ids: generation_config eos_token_id (int or list) plus the tokenizer's eos."""
-    ids: list[int] = []
-    gen = folder / "generation_config.json"
-    if gen.is_file():
-        value = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
-        ids.extend([value] if isinstance(value, int) else [v for v in value or [] if isinstance(v, int)])
+    gen = JsonObject.optional(folder / "generation_config.json")
+    ids: list[int] = list(dict.fromkeys(gen.integers("eos_token_id"))) if gen else []
     eos = table.ids().get(table.eos) if table.eos else None
     if eos is not None and eos not in ids:
         ids.append(eos)
