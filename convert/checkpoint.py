@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Iterator
 import torch
 
 from convert.errors import ConvertError
+from convert.hub_cache import model_folder
 from convert.json_file import JsonObject, load_json
 from convert.safetensors_format import TensorInfo, read_header, read_rows, read_tensor, row_count
 
@@ -205,8 +206,12 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix."""
-    folder = Path(path)
+    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix.
+
+    ``path`` may also be a hub repo id or ``models--ORG--NAME`` folder already in the local hub
+    cache (``convert.hub_cache``); ``Checkpoint.path`` is then the snapshot folder.
+    """
+    folder = model_folder(path)
     ckpt = Checkpoint(path=folder, config=read_config(folder))
 
     if (folder / SAFETENSORS_INDEX).is_file():

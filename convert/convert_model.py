@@ -29,6 +29,7 @@ from convert.conversion import Progress, SourcePlan, lossless_type, prepare, wri
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
+from convert.hub_cache import model_folder
 from convert.llama_quantize import llama_quantize
 from convert.metadata import file_name
 from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
@@ -70,7 +71,7 @@ def write_ggufs(
     ``on_progress(name, nbytes)`` follows each source tensor, ``on_stage(text)`` announces each
     derived output, ``on_warning(text)`` reports tokenizer caveats. Returns the written paths.
     """
-    folder = Path(source_dir)
+    folder = model_folder(source_dir)
     wanted = {lookup_outtype(name): check_output_path(Path(path), force) for name, path in outputs.items()}
     if not wanted:
         raise ConvertError("no output type given", fix=f"Choose from: {', '.join(OUTTYPES)}.")
@@ -88,7 +89,7 @@ def write_ggufs(
         written: dict[str, Path] = {}
         if first_type in wanted:
             with atomic_output(wanted[first_type], force=force) as tmp:
-                write_direct(conv, tmp, stream, on_progress, threads)
+                write_direct(conv, tmp, stream, on_progress, threads, on_warning)
             written[first_type.name] = wanted[first_type]
             _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written)
             return written
@@ -96,7 +97,7 @@ def write_ggufs(
         hidden = partial_path(anchor.with_name(anchor.stem + "-intermediate.gguf"))
         try:
             with atomic_output(hidden) as tmp:
-                write_direct(conv, tmp, stream, on_progress, threads)
+                write_direct(conv, tmp, stream, on_progress, threads, on_warning)
             _derive(hidden, wanted, threads, force, on_stage, written)
         finally:
             remove_path(hidden)

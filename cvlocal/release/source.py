@@ -17,6 +17,7 @@ from convert.checkpoint import load_json, open_checkpoint
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType, Keys
 from convert.gguf_reader import read_gguf
+from convert.hub_cache import model_folder
 from convert.quant_tables import FTYPE_LABELS, OUTTYPES, OutType
 from cvlocal.errors import UsageError
 from cvlocal.release.card import Provenance
@@ -47,7 +48,7 @@ class Source:
 
 def open_source(path: str | Path) -> Source:
     """Check the source and return it; bad input raises a one-line ConvertError/UsageError."""
-    path = Path(path)
+    path = model_folder(path)  # a repo id or models--ORG--NAME folder in the local hub cache, too
     if not path.exists():
         raise UsageError("source not found", path, "Pass a merged model folder or a f32/f16/bf16 GGUF file.")
     if path.is_dir():
