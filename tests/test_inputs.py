@@ -183,6 +183,18 @@ def test_nan_or_inf_in_an_input_is_refused_naming_the_tensor_and_file(tiny_famil
         assert leftovers(tmp_path, out.name) == []
 
 
+def test_extract_refuses_nan_in_chat_or_base(tiny_family, tmp_path):
+    fam = tiny_family("llama2")
+    chat = tmp_path / "chat"
+    shutil.copytree(fam.chat, chat)
+    file = _poison(chat, NAME, [math.inf])
+    proc = cli("extract", fam.base, chat, "-o", tmp_path / "vec", "--quiet", check=False)
+    assert_one_line_error(proc, f"chat tensor {NAME} holds 1 NaN/Inf", str(file))
+    assert leftovers(tmp_path, "vec") == []
+    cli("extract", fam.base, chat, "-o", tmp_path / "vec", "--quiet", "--allow-nonfinite")
+    assert torch.isinf(load_folder(tmp_path / "vec")[NAME]).sum() == 1
+
+
 def test_allow_nonfinite_merges_and_reports(tiny_family, tmp_path):
     fam = tiny_family("llama2")
     cp = tmp_path / "cp"

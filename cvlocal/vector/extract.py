@@ -18,6 +18,7 @@ from cvlocal import __version__
 from convert.atomic import atomic_output, check_output_path
 from convert.checkpoint import TOKENIZER_FILES, Checkpoint
 from convert.safetensors_format import StreamingWriter
+from cvlocal.errors import UsageError
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.arithmetic import ChunkArithmetic, Term
 from cvlocal.vector.compat import check_pair
@@ -75,6 +76,7 @@ def extract_vector(
     shard_size: str | int = "5GB",
     force: bool = False,
     quiet: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Write the chat vector of (base, chat) to ``out``; return a summary."""
     started = time.perf_counter()
@@ -96,7 +98,14 @@ def extract_vector(
         arithmetic = ChunkArithmetic(compute_device)
 
         def compute(chunk: Chunk, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return arithmetic.combine(None, [Term(parts)], dtypes[chunk.name], tuple(parts[0].shape))
+            out = arithmetic.combine(None, [Term(parts)], dtypes[chunk.name], tuple(parts[0].shape))
+            for term, part, count in arithmetic.nonfinite if not allow_nonfinite else ():
+                ckpt, role = (chat_ck, "chat") if part == 0 else (base_ck, "base")
+                file = ckpt.infos[chunk.name].file if chunk.name in ckpt.infos else ckpt.path
+                what = f"{role} tensor {chunk.name} holds {count} NaN/Inf value(s)" if term >= 0 else f"chat - base of {chunk.name} overflows float32"
+                raise UsageError(f"{what} in rows {chunk.start}:{chunk.stop}", file,
+                                 "Repair or re-download that model, or pass --allow-nonfinite to extract anyway.")
+            return out
 
         def read(chunk: Chunk) -> tuple[torch.Tensor, ...]:
             return source.read(chunk.name, chunk.start, chunk.stop)
