@@ -332,7 +332,7 @@ SIDE_DAMAGE = {
     "tokenizer.json vocab a number": ("chat", "tokenizer.json", lambda d: d["model"].__setitem__("vocab", 5), "model.vocab"),
     "tokenizer.json added id a string": ("chat", "tokenizer.json", lambda d: d["added_tokens"][0].__setitem__("id", "x"), "added_tokens[0].id"),
     "tokenizer.json added id huge": ("cp", "tokenizer.json", lambda d: d["added_tokens"][0].__setitem__("id", 10 ** 12), "added_tokens[0].id"),
-    "tokenizer.json model a string": ("cp", "tokenizer.json", lambda d: d.__setitem__("model", "BPE"), "model"),
+    "tokenizer.json model a string": ("cp", "tokenizer.json", lambda d: d.__setitem__("model", "BPE"), "field 'model'"),
     "chat_vector format_version a string": ("vector", "chat_vector.json", lambda d: d.__setitem__("format_version", "x"), "format_version"),
     "chat_vector special id a string": ("vector", "chat_vector.json", lambda d: d["special_rows"]["tokens"][0].__setitem__("id", "a"), "special_rows.tokens[0].id"),
     "chat_vector signature a list": ("vector", "chat_vector.json", lambda d: d.__setitem__("signature", [1]), "signature"),
