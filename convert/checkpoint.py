@@ -202,7 +202,34 @@ def read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConvertError("no config.json", folder, "Pass a Hugging Face model folder that has config.json.")
-    return JsonObject.read(config_path).data
+    return check_config(JsonObject.read(config_path)).data
+
+
+# config.json fields read as counts (by the merge's compatibility check and the converter).
+CONFIG_COUNTS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                 "head_dim", "vocab_size", "max_position_embeddings", "sliding_window")
+
+
+def check_config(config: JsonObject) -> JsonObject:
+    """The fields of config.json that code reads, checked for type (each may be absent or null).
+
+    A multimodal config's ``text_config`` is checked the same way.
+    """
+    archs = config.raw("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise config.error("architectures", "a list of class names", archs)
+    for part in (config, config.obj("text_config")):
+        if part is None:
+            continue
+        for key in CONFIG_COUNTS:
+            part.integer(key, high=1 << 40)
+        for key in ("rope_theta", "rms_norm_eps", "partial_rotary_factor"):
+            part.number(key)
+        for key in ("rope_scaling", "rope_parameters"):
+            part.obj(key)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            part.integers(key, low=-1)  # -1 is an old spelling of "none"
+    return config
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -110,9 +110,9 @@ class JsonObject:
         value = self.data.get(key)
         if value is None:
             return []
-        values = value if isinstance(value, list) else [value]
-        return [check_int(v, low, high, lambda what, got, i=i: self.error(key, f"an integer or a list of integers ({what} at [{i}])", got))
-                for i, v in enumerate(values)]
+        if not isinstance(value, list):
+            return [check_int(value, low, high, lambda what, got: self.error(key, f"{what} or a list of integers", got))]
+        return [check_int(v, low, high, lambda what, got, i=i: self.error(f"{key}[{i}]", what, got)) for i, v in enumerate(value)]
 
     def number(self, key: str, default: float | None = None) -> float | None:
         """A finite number; ``default`` when absent."""

@@ -102,7 +102,7 @@ def read_generation_config(folder: Path) -> JsonObject | None:
     """A folder's generation_config.json, validated where the merge reads it (its special ids)."""
     gen = JsonObject.optional(folder / "generation_config.json")
     for key in SPECIAL_ID_KEYS if gen else ():
-        gen.integers(key)  # type: ignore[union-attr]
+        gen.integers(key, low=-1)  # type: ignore[union-attr]  (-1 is an old spelling of "none")
     return gen
 
 
@@ -114,7 +114,7 @@ def write_generation_config(out_dir: Path, chat_gen: JsonObject | None, cp_gen: 
         for key in SPECIAL_ID_KEYS:
             if key not in gen:
                 continue
-            mapped = translate_ids(chat_gen.integers(key), chat_vocab, cp_vocab)
+            mapped = translate_ids(chat_gen.integers(key, low=-1), chat_vocab, cp_vocab)
             if mapped:
                 gen[key] = mapped[0] if isinstance(chat_gen.raw(key), int) or len(mapped) == 1 else mapped
             elif cp_gen is not None and key in cp_gen:

@@ -177,7 +177,7 @@ def template_special_ids(table: TokenTable, template: str | None) -> list[int]:
 def eos_ids(folder: Path, table: TokenTable) -> list[int]:
     """End-of-turn ids: generation_config eos_token_id (int or list) plus the tokenizer's eos."""
     gen = JsonObject.optional(folder / "generation_config.json")
-    ids: list[int] = list(dict.fromkeys(gen.integers("eos_token_id"))) if gen else []
+    ids: list[int] = list(dict.fromkeys(i for i in gen.integers("eos_token_id", low=-1) if i >= 0)) if gen else []
     eos = table.ids().get(table.eos) if table.eos else None
     if eos is not None and eos not in ids:
         ids.append(eos)
