@@ -20,7 +20,7 @@ import torch
 
 from convert.errors import ConvertError
 from convert.hub_cache import model_folder
-from convert.json_file import JsonObject, load_json
+from convert.json_file import JsonObject
 from convert.safetensors_format import TensorInfo, read_header, read_rows, read_tensor, row_count
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"

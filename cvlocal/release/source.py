@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convert.checkpoint import load_json, open_checkpoint
+from convert.checkpoint import open_checkpoint
+from convert.json_file import load_json
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType, Keys
 from convert.gguf_reader import read_gguf

@@ -14,6 +14,7 @@ from typing import Any
 
 from convert.chat_template import chat_templates
 from convert.json_file import MAX_ID, JsonObject, check_int, parse_id
+from convert.tokenizer_files import check_tokenizer_files
 from cvlocal.errors import UsageError
 
 # A conversation that exercises every role a chat template formats.
@@ -84,6 +85,7 @@ def read_token_table(folder: Path) -> TokenTable:
     tok_json = folder / "tokenizer.json"
     sp_model = folder / "tokenizer.model"
     fix = "Check that the folder has the model's tokenizer.json or tokenizer.model."
+    check_tokenizer_files(folder)
     if tok_json.is_file():
         data = JsonObject.read(tok_json)
         model = data.obj("model", required=True)
