@@ -110,6 +110,15 @@ def test_a_sharded_hub_snapshot_converts_by_repo_id(hub, tmp_path):
     assert [p.name for p in folder.iterdir()] and all(COMMIT not in p.name for p in folder.iterdir())
 
 
+def test_release_takes_a_repo_id_too(hub):
+    from cvlocal.release.source import open_source
+
+    _fam, cache, snap = hub
+    for spec in ("org/tiny-chat", cache / "models--org--tiny-chat"):
+        source = open_source(spec)
+        assert source.kind == "hf" and source.path == snap["chat"]
+
+
 def test_a_repo_id_that_is_not_cached_is_one_line(hub, tmp_path):
     proc = cli("merge", "org/not-there", "--base", "org/tiny-base", "--chat", "org/tiny-chat", "-o", tmp_path / "out", check=False)
     assert_one_line_error(proc, "org/not-there", "not in the local hub cache")
