@@ -101,7 +101,7 @@ def inputs(tiny_family, tmp_path_factory):
     return root, folders
 
 
-@settings(max_examples=int(os.environ.get("CVLOCAL_FUZZ_EXAMPLES", "30")), deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("CVLOCAL_FUZZ_EXAMPLES", "60")), deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_mutation_of_an_input_is_worked_or_refused_in_one_line(inputs, data):
     root, folders = inputs
