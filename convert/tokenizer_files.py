@@ -17,8 +17,11 @@ from convert.json_file import FIX, JsonObject, check_int, parse_id
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
-def check_tokenizer_files(folder: Path) -> None:
-    """Raise ConvertError (file and field) if a tokenizer file present in ``folder`` is malformed."""
+def check_tokenizer_files(folder: Path) -> dict[str, JsonObject]:
+    """Raise ConvertError (file and field) if a tokenizer file present in ``folder`` is malformed.
+
+    Returns the files it read (file name -> object), so that a caller need not parse them again.
+    """
     tokenizer = JsonObject.optional(folder / "tokenizer.json")
     if tokenizer is not None:
         _check_tokenizer_json(tokenizer)
@@ -32,6 +35,8 @@ def check_tokenizer_files(folder: Path) -> None:
     template_file = JsonObject.optional(folder / "chat_template.json")
     if template_file is not None:
         _check_template(template_file)
+    found = {"tokenizer.json": tokenizer, "tokenizer_config.json": config, "special_tokens_map.json": special_map, "chat_template.json": template_file}
+    return {name: obj for name, obj in found.items() if obj is not None}
 
 
 def _check_tokenizer_json(data: JsonObject) -> None:

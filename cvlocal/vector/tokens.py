@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.chat_template import chat_templates
-from convert.json_file import MAX_ID, JsonObject, check_int, parse_id
+from convert.json_file import JsonObject
 from convert.tokenizer_files import check_tokenizer_files
 from cvlocal.errors import UsageError
 
@@ -59,48 +59,29 @@ def _set(table: list[str | None], i: int, text: str) -> None:
     table[i] = text
 
 
-def _vocab_entries(vocab: Any, where: JsonObject) -> list[tuple[str, int]]:
-    """``model.vocab`` of tokenizer.json: ``{text: id}`` (BPE, WordPiece) or ``[[piece, score], ...]`` (Unigram)."""
-    if isinstance(vocab, dict):
-        return [(text, check_int(i, 0, MAX_ID, lambda what, got, t=text: where.error("vocab", f"a map of token texts to ids ({t[:30]!r} is not {what})", got)))
-                for text, i in vocab.items()]
-    if isinstance(vocab, list):
-        out = []
-        for i, piece in enumerate(vocab):
-            if not isinstance(piece, list) or not piece or not isinstance(piece[0], str):
-                raise where.error("vocab", f"a list of [piece, score] pairs (entry {i} is not)")
-            out.append((piece[0], i))
-        return out
-    raise where.error("vocab", "an object or a list", vocab)
-
-
 def read_token_table(folder: Path) -> TokenTable:
     """The token table of a folder's tokenizer (tokenizer.json, else tokenizer.model).
 
-    Every file goes through the converter's validating JSON reader, so a malformed field is one
-    error naming the file and the field; ids are bounded (an id of 10**12 would size the table).
+    The files' shape is checked first by the converter's ``check_tokenizer_files`` (a malformed
+    field is one error naming the file and the field; ids are bounded, since an id of 10**12
+    would size the table), so the reading below can trust the types.
     """
     table: list[str | None] = []
     special: set[int] = set()
     tok_json = folder / "tokenizer.json"
     sp_model = folder / "tokenizer.model"
     fix = "Check that the folder has the model's tokenizer.json or tokenizer.model."
-    check_tokenizer_files(folder)
+    files = check_tokenizer_files(folder)
     if tok_json.is_file():
-        data = JsonObject.read(tok_json)
-        model = data.obj("model", required=True)
-        assert model is not None
-        if "vocab" not in model:
-            raise model.error("vocab", "present (the token table)")
-        for text, i in _vocab_entries(model.raw("vocab"), model):
+        data = files["tokenizer.json"]
+        vocab = data.data["model"].get("vocab")
+        if vocab is None:
+            raise UsageError("tokenizer.json has no model.vocab", tok_json, fix)
+        for text, i in vocab.items() if isinstance(vocab, dict) else ((piece[0], i) for i, piece in enumerate(vocab)):
             _set(table, i, text)
-        for entry in data.objects("added_tokens"):
-            i = entry.integer("id", low=0)
-            text = entry.text("content")
-            if i is None or text is None:
-                raise entry.error("id" if i is None else "content", "present")
-            _set(table, i, text)
-            special.add(i)
+        for entry in data.data.get("added_tokens") or []:
+            _set(table, entry["id"], entry["content"])
+            special.add(entry["id"])
     elif sp_model.is_file():
         import sentencepiece
 
@@ -114,15 +95,11 @@ def read_token_table(folder: Path) -> TokenTable:
                 special.add(i)
     else:
         raise UsageError("no tokenizer (tokenizer.json or tokenizer.model)", folder, fix)
-    config = JsonObject.optional(folder / "tokenizer_config.json") or JsonObject({}, folder / "tokenizer_config.json")
-    decoder = config.obj("added_tokens_decoder")
-    for key in decoder.keys() if decoder else []:
-        entry = decoder.obj(key)  # type: ignore[union-attr]
-        content = entry.text("content") if entry else None
-        if content is not None:
-            i = parse_id(key, decoder, key)  # type: ignore[arg-type]
-            _set(table, i, content)
-            special.add(i)
+    config = files.get("tokenizer_config.json") or JsonObject({}, folder / "tokenizer_config.json")
+    for key, entry in (config.raw("added_tokens_decoder") or {}).items():
+        if isinstance(entry.get("content"), str):
+            _set(table, int(key), entry["content"])
+            special.add(int(key))
     return TokenTable(table, special, config.token_text("bos_token"), config.token_text("eos_token"))
 
 
