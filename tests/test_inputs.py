@@ -323,6 +323,18 @@ def test_overlapping_ranges_are_refused(tmp_path):
         read_header(file)
 
 
+def test_stored_special_rows_of_the_wrong_width_are_one_line(tiny_family, vector, tmp_path):
+    fam = tiny_family("llama2")
+    vec = tmp_path / "vec"
+    shutil.copytree(vector, vec)
+    rows_file = vec / "extras" / "special_rows.safetensors"
+    rows = load_file(str(rows_file))
+    save_file({k: v[:, :-1].contiguous() for k, v in rows.items()}, str(rows_file))
+    proc = cli("merge", fam.cp, "--vector", vec, "-o", tmp_path / "out", check=False)
+    assert_one_line_error(proc, str(vec), "row of token", "has [255] values")
+    assert leftovers(tmp_path, "out") == []
+
+
 # ---- side files ---------------------------------------------------------------------------------------
 def _edit(path: Path, change) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -140,6 +140,9 @@ def _decide_special_tokens(plan: MergePlan, spec: str) -> None:
                 if spec != "auto":
                     raise UsageError(f"no chat row stored for id {pair.chat_id} in {kind}", source.label, "Pick a special token of the chat model, or re-extract the vector.")
                 continue
+            if tuple(row.shape) != plan.cp.shape(name)[1:]:
+                raise UsageError(f"the stored {kind} row of token {pair.chat_id} has {list(row.shape)} values, {name} rows have {list(plan.cp.shape(name)[1:])}",
+                                 source.label, "Re-extract the vector from the base and chat models of this CP model.")
             if pair.cp_id < plan.cp.rows(name):
                 rows[pair.cp_id] = row
         if rows:
@@ -189,7 +192,6 @@ class MergeComputer:
             if chunk.start <= row < chunk.stop:
                 out[row - chunk.start] = value.to(torch.float32).to(out.dtype)
         return out
-
 
     def _nonfinite(self, chunk: Chunk, used: list[int]) -> None:
         """Refuse NaN/Inf in an input (naming the tensor and its file), or count it with --allow-nonfinite."""
