@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from convert.checkpoint import load_json
+from convert.json_file import load_json
 from convert.errors import ConvertError
 from convert.gguf_constants import Keys
 

@@ -9,7 +9,7 @@ and maps the file instead of loading it.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -19,6 +19,8 @@ from typing import Any, BinaryIO, Iterator
 import torch
 
 from convert.errors import ConvertError
+from convert.hub_cache import model_folder
+from convert.json_file import JsonObject
 from convert.safetensors_format import TensorInfo, read_header, read_rows, read_tensor, row_count
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -36,21 +38,18 @@ TOKENIZER_FILES = (
 )
 
 
-def load_json(path: Path) -> Any:
-    """Read a JSON file or raise a one-line ConvertError naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError("file not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConvertError(f"not valid JSON ({err.__class__.__name__})", path, "Repair or re-download it.") from None
-
-
 def _inside(folder: Path, name: str, index_path: Path) -> Path:
-    """Resolve a file named by an index, refusing anything outside the checkpoint folder."""
-    candidate = (folder / name).resolve()
-    if Path(name).is_absolute() or folder.resolve() not in candidate.parents:
+    """The file an index names, refusing a name that leaves the checkpoint folder.
+
+    The check is on the name as written, not on where it resolves: in the hub cache a folder's
+    files are symlinks into ``../../blobs/``, and a symlink named inside the folder is the
+    folder's file whatever it points to. A name that is absolute or climbs out (``../x``) is
+    refused even if it happens to land back inside.
+    """
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or os.path.isabs(name) or ".." in parts or "\\" in name:
         raise ConvertError(f"index names a file outside the folder: {name!r}", index_path, "Fix the weight_map so that it names files in the folder.")
+    candidate = folder / name
     if not candidate.is_file():
         raise ConvertError(f"index names a missing file: {name!r}", index_path, "Copy the missing shard into the folder or re-download it.")
     return candidate
@@ -203,15 +202,43 @@ def read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConvertError("no config.json", folder, "Pass a Hugging Face model folder that has config.json.")
-    config = load_json(config_path)
-    if not isinstance(config, dict):
-        raise ConvertError("config.json is not a JSON object", config_path, "Repair or re-download it.")
+    return check_config(JsonObject.read(config_path)).data
+
+
+# config.json fields read as counts (by the merge's compatibility check and the converter).
+CONFIG_COUNTS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                 "head_dim", "vocab_size", "max_position_embeddings", "sliding_window")
+
+
+def check_config(config: JsonObject) -> JsonObject:
+    """The fields of config.json that code reads, checked for type (each may be absent or null).
+
+    A multimodal config's ``text_config`` is checked the same way.
+    """
+    archs = config.raw("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise config.error("architectures", "a list of class names", archs)
+    for part in (config, config.obj("text_config")):
+        if part is None:
+            continue
+        for key in CONFIG_COUNTS:
+            part.integer(key, high=1 << 40)
+        for key in ("rope_theta", "rms_norm_eps", "partial_rotary_factor"):
+            part.number(key)
+        for key in ("rope_scaling", "rope_parameters"):
+            part.obj(key)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            part.integers(key, low=-1)  # -1 is an old spelling of "none"
     return config
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix."""
-    folder = Path(path)
+    """Open and validate a HF checkpoint folder. Raises ConvertError with a one-line fix.
+
+    ``path`` may also be a hub repo id or ``models--ORG--NAME`` folder already in the local hub
+    cache (``convert.hub_cache``); ``Checkpoint.path`` is then the snapshot folder.
+    """
+    folder = model_folder(path)
     ckpt = Checkpoint(path=folder, config=read_config(folder))
 
     if (folder / SAFETENSORS_INDEX).is_file():
@@ -247,11 +274,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _weight_map(index_path: Path) -> dict[str, str]:
-    index = load_json(index_path)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
+    weight_map = JsonObject.read(index_path).obj("weight_map")
+    if weight_map is None or not weight_map.keys():
         raise ConvertError("no weight_map in the index", index_path, "Re-download the index file.")
-    return {str(k): str(v) for k, v in weight_map.items()}
+    return {name: weight_map.text(name) or "" for name in weight_map.keys()}
 
 
 def _check_bin_names(ckpt: Checkpoint) -> None:

@@ -18,6 +18,7 @@ import torch
 from convert.architectures import ARCHITECTURES, Architecture, supported
 from convert.checkpoint import read_config
 from convert.errors import ConvertError
+from convert.finite import count_nonfinite
 from convert.gguf_constants import GGML_QUANT_VERSION, GGMLType, GGUFValueType, Keys, key_type
 from convert.gguf_writer import GGUFWriter
 from convert.hparams import gguf_hparams, llama3_rope_freqs
@@ -30,6 +31,7 @@ from convert.vocab import read_vocab
 SourcePlan = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
 """HF tensor name -> (dtype, shape), in the order the tensors will be streamed."""
 Progress = Callable[[str, int], None]
+MAX_NONFINITE_LINES = 10
 
 
 @dataclass
@@ -129,8 +131,13 @@ def _coerce(value: Any, vtype: GGUFValueType, key: str) -> Any:
     return int(value)
 
 
-def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch.Tensor]], on_progress: Progress | None, threads: int | None = None) -> None:
+def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch.Tensor]], on_progress: Progress | None, threads: int | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> None:
     """Write the planned file at ``path`` from ``stream`` (HF name, tensor) in plan order.
+
+    A tensor holding NaN or Inf is written as it is and reported through ``on_warning`` (one line
+    per tensor, the first ``MAX_NONFINITE_LINES``, then one summary): converting is not the place
+    to refuse a model, but a user must not ship one unknowingly.
 
     A stream that is out of order, short, or has a tensor of the wrong shape raises (a bug in
     the caller, not bad input); the caller's atomic output then removes the partial file.
@@ -142,6 +149,7 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
             writer.add_tensor(t.gguf_name, t.shape, t.ggml_type)
         writer.write_header()
         pending = iter(t for t in conv.tensors if t.hf_name is not None)
+        flagged: list[str] = []
         if conv.rope_freqs is not None:
             writer.write_tensor(conv.tensors[0].gguf_name, encode(conv.rope_freqs, GGMLType.F32))
         for hf_name, tensor in stream:
@@ -152,6 +160,11 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
                 raise RuntimeError(f"tensor stream out of order: got {hf_name!r}, expected {planned.hf_name if planned else None!r}")
             if tuple(tensor.shape) != planned.shape:
                 raise RuntimeError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, planned {planned.shape}")
+            bad = count_nonfinite(tensor)
+            if bad:
+                flagged.append(hf_name)
+                if on_warning is not None and len(flagged) <= MAX_NONFINITE_LINES:
+                    on_warning(f"tensor {hf_name} holds {bad} NaN/Inf value(s) of {tensor.numel()}; written as they are")
             if planned.permute:
                 tensor = permute_rotary(tensor, rotary_heads(planned.permute, conv.config, conv.folder))
             writer.write_tensor(planned.gguf_name, encode(tensor, planned.ggml_type, threads))
@@ -161,6 +174,8 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
         missing = next(pending, None)
         if missing is not None:
             raise RuntimeError(f"tensor stream ended before {missing.hf_name!r}")
+        if on_warning is not None and len(flagged) > MAX_NONFINITE_LINES:
+            on_warning(f"{len(flagged)} tensors hold NaN/Inf values in all ({len(flagged) - MAX_NONFINITE_LINES} more than listed)")
         writer.close()
     except BaseException:
         writer.abort()

@@ -32,6 +32,7 @@ from convert.conversion import Progress, SourcePlan, lossless_type, prepare, wri
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
+from convert.hub_cache import model_folder
 from convert.llama_quantize import QuantizeError, llama_quantize
 from convert.metadata import file_name
 from convert.output_policy import refuse_overlap
@@ -77,7 +78,7 @@ def write_ggufs(
     of ``source_dir`` came from when it is a temporary folder (a one-pass merge's side files are the
     CP model's): an error about one of them names the file there. Returns the written paths.
     """
-    folder = Path(source_dir)
+    folder = model_folder(source_dir)
     try:
         return _write_ggufs(folder, outputs, plan, tensors, threads, force, metadata, on_progress, on_stage, on_warning)
     except ConvertError as err:
@@ -108,12 +109,12 @@ def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePl
         written: dict[str, Path] = {}
         if first_type in wanted:
             with atomic_output(wanted[first_type], force=force) as tmp:
-                write_direct(conv, tmp, stream, on_progress, threads)
+                write_direct(conv, tmp, stream, on_progress, threads, on_warning)
             written[first_type.name] = wanted[first_type]
             _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written)
             return written
         with scratch(next(iter(wanted.values())), "intermediate.gguf") as hidden:
-            write_direct(conv, hidden, stream, on_progress, threads)
+            write_direct(conv, hidden, stream, on_progress, threads, on_warning)
             _derive(hidden, wanted, threads, force, on_stage, written)
         return written
     finally:

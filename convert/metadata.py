@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from convert.gguf_constants import Keys
+from convert.hub_cache import display_name
 
 QUANTIZED_BY = "cvlocal"
 _SIZE = re.compile(r"(\d+x)?\d+(\.\d+)?[KMBT]", re.IGNORECASE)
@@ -55,7 +56,7 @@ def model_name(folder: Path, config: Mapping[str, Any], overrides: Mapping[str, 
     source = config.get("_name_or_path")
     if isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
         return source.split("/", 1)[1]
-    return folder.resolve().name
+    return display_name(folder)
 
 
 def name_parts(name: str, n_params: int) -> dict[str, str | None]:

@@ -14,6 +14,7 @@ from convert.checkpoint import open_checkpoint
 from convert.conversion import SourcePlan, general_keys, planned
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
+from convert.hub_cache import model_folder
 from convert.metadata import file_name
 from convert.quant_tables import OutType, outtype as lookup_outtype, parse_outtypes
 
@@ -48,7 +49,7 @@ def gguf_file_name(source_dir: str | Path, outtype_name: str, *, plan: SourcePla
     ``plan`` (HF name -> dtype, shape) replaces reading the checkpoint's weight index, for a
     model that exists only as a tensor stream. Example: ``TinyLlama-1.1B-Chat-v1.0-Q4_K_M.gguf``.
     """
-    folder = Path(source_dir)
+    folder = model_folder(source_dir)
     config, _arch, tensors, _rope = planned(folder, _source_of(folder, plan), GGMLType.F16)
     return file_name(general_keys(folder, config, tensors, metadata), lookup_outtype(outtype_name).label)
 
@@ -62,7 +63,7 @@ def output_paths(out: str | Path, outtypes: str | Sequence[str], source_dir: str
     if is_folder_target(out):
         if not target.is_dir():
             raise ConvertError("output folder does not exist", target, "Create it first.")
-        folder = Path(source_dir)
+        folder = model_folder(source_dir)
         config, _arch, tensors, _rope = planned(folder, _source_of(folder, plan), GGMLType.F16)
         general = general_keys(folder, config, tensors, metadata)
         return {t.name: target / file_name(general, t.label) for t in types}

@@ -69,9 +69,32 @@ def overlap(output: str | Path, source: str | Path) -> str | None:
     return None
 
 
+def _with_snapshots(inputs: Iterable[str | Path | None]) -> list[Path]:
+    """The inputs as given and, for a hub repo id or ``models--`` folder, the snapshot folder it names.
+
+    The snapshot is where the weights are read from, so an output inside it (or inside the blobs
+    it links to) destroys the model as surely as one inside a plain folder. A spec that does not
+    resolve is left to the command, which reports it in its own words.
+    """
+    from convert.hub_cache import model_folder
+
+    sources: list[Path] = []
+    for spec in inputs:
+        if spec is None:
+            continue
+        sources.append(Path(spec))
+        try:
+            resolved = model_folder(spec)
+        except ConvertError:
+            continue
+        if resolved != Path(spec):
+            sources.append(resolved)
+    return sources
+
+
 def refuse_overlap(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None]) -> None:
     """Raise ConvertError (exit 2) if an output is, contains or lies inside an input."""
-    sources = [Path(p) for p in inputs if p is not None]
+    sources = _with_snapshots(inputs)
     for output in (Path(p) for p in outputs if p is not None):
         for source in sources:
             for part in _input_parts(source):

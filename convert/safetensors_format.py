@@ -37,6 +37,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
+# Bounds on a tensor's shape: no model tensor has more dimensions, or a dimension anywhere near.
+MAX_DIMS = 8
+MAX_DIM = 1 << 40
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -81,32 +84,55 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             if n > MAX_HEADER or 8 + n > size:
                 raise ConvertError("corrupted safetensors header (bad length)", path, fix)
             header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ConvertError("corrupted safetensors header (not JSON)", path, fix) from None
     except OSError as err:
         raise ConvertError(f"cannot read: {err.strerror}", path, "Check the path and its permissions.") from None
     if not isinstance(header, dict):
-        raise ConvertError("corrupted safetensors header", path, fix)
-    metadata = header.pop("__metadata__", None) or {}
+        raise ConvertError("corrupted safetensors header (not a JSON object)", path, fix)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ConvertError("corrupted safetensors header (__metadata__ must be an object of strings)", path, fix)
     base = 8 + n
-    infos: list[TensorInfo] = []
-    for name, entry in header.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ConvertError(f"corrupted safetensors header entry for {name!r}", path, fix) from None
-        if end < begin or (end - begin) != math.prod(shape) * element_size(dtype):
-            raise ConvertError(f"tensor {name!r} has a byte range that does not match its shape and dtype", path, fix)
-        if base + end > size:
-            raise ConvertError(f"truncated: tensor {name!r} ends past the end of the file", path, fix)
-        infos.append(TensorInfo(name, dtype, shape, path, base + begin, base + end))
+    infos = [_entry(name, entry, path, base, size) for name, entry in header.items()]
     infos.sort(key=lambda t: t.start)
     for a, b in zip(infos, infos[1:]):
         if b.start < a.end:
             raise ConvertError(f"tensors {a.name!r} and {b.name!r} overlap", path, fix)
-    return {t.name: t for t in infos}, {str(k): str(v) for k, v in metadata.items()}
+    return {t.name: t for t in infos}, dict(metadata)
+
+
+def _is_count(value: object, high: int) -> bool:
+    """A JSON integer in ``[0, high]`` (``int(x)`` would let ``2.5``, ``"3"`` and ``true`` through)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+
+
+def _entry(name: str, entry: object, path: Path, base: int, size: int) -> TensorInfo:
+    """One header entry, checked: known dtype, sane shape, offsets inside the data and matching the size.
+
+    Every field is checked for its JSON type and range, because a negative offset would make the
+    reader take the header's own bytes as the tensor (garbage written, exit 0), and an absurd
+    dimension would size a loop or an allocation by it.
+    """
+    fix = "Re-download or re-create this file."
+    if not isinstance(entry, dict):
+        raise ConvertError(f"corrupted safetensors header entry for {name!r} (not an object)", path, fix)
+    code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(code, str) or code not in DTYPES:
+        raise ConvertError(f"tensor {name!r} has an unsupported dtype {str(code)[:20]!r}", path, fix)
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_count(d, MAX_DIM) for d in shape):
+        raise ConvertError(f"tensor {name!r} has a bad shape {str(shape)[:60]} (at most {MAX_DIMS} dimensions, each 0 to {MAX_DIM})", path, fix)
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(x, size) for x in offsets):
+        raise ConvertError(f"tensor {name!r} has bad data_offsets {str(offsets)[:60]} (two byte offsets from 0 to the file size)", path, fix)
+    dtype = DTYPES[code]
+    begin, end = offsets
+    if end < begin or (end - begin) != math.prod(shape) * element_size(dtype):
+        raise ConvertError(f"tensor {name!r} has a byte range that does not match its shape and dtype", path, fix)
+    if base + end > size:
+        raise ConvertError(f"truncated: tensor {name!r} ends past the end of the file", path, fix)
+    return TensorInfo(name, dtype, tuple(shape), path, base + begin, base + end)
 
 
 def read_tensor(info: TensorInfo, handle: BinaryIO | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from convert.checkpoint import load_json
+from convert.json_file import load_json
 from convert.gguf_constants import Keys
 
 SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad")

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from convert.chat_template import chat_template_metadata, chat_templates
 from convert.errors import ConvertError
 from convert.special_tokens import special_token_metadata
+from convert.tokenizer_files import check_tokenizer_files
 from convert.vocab_bpe import read_bpe
 from convert.vocab_sentencepiece import read_sentencepiece
 from convert.vocab_types import Vocab
@@ -23,6 +24,7 @@ from convert.vocab_types import Vocab
 
 def read_vocab(folder: Path, config: Mapping[str, Any], n_vocab: int) -> Vocab:
     """Export the folder's tokenizer, special tokens and chat template for a model of ``n_vocab`` rows."""
+    check_tokenizer_files(folder)
     templates = chat_templates(folder)
     if (folder / "tokenizer.model").is_file():
         vocab = read_sentencepiece(folder, n_vocab)

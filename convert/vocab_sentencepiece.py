@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from convert.checkpoint import load_json
+from convert.json_file import load_json
 from convert.errors import ConvertError
 from convert.gguf_constants import Keys, TokenType
 from convert.special_tokens import looks_special

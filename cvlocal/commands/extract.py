@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="dtype of the saved vector (default: the inputs'; float32 keeps it exact)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps: where the subtraction runs (default auto)")
     p.add_argument("--shard-size", default="5GB", help="largest shard (default 5GB)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="extract even if base or chat holds NaN or Inf (default: refuse)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
@@ -30,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.vector.extract import extract_vector
 
     refuse_overlap([args.output], [args.base, args.chat])
-    summary = extract_vector(args.base, args.chat, args.output, dtype=args.dtype, device=args.device, shard_size=args.shard_size, force=args.force, quiet=args.quiet or args.json)
+    summary = extract_vector(args.base, args.chat, args.output, dtype=args.dtype, device=args.device, shard_size=args.shard_size, force=args.force, quiet=args.quiet or args.json,
+                             allow_nonfinite=args.allow_nonfinite)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:

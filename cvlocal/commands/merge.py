@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
     p.add_argument("--outtype", help="GGUF type for a .gguf output (f32, f16, bf16, q8_0, q4_k_m, ...; default f16)")
     p.add_argument("--threads", type=int, help="threads for quantization to k-quants")
+    p.add_argument("--allow-nonfinite", action="store_true", help="merge even if an input tensor holds NaN or Inf (each is reported; default: refuse)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         force=args.force,
         quiet=args.quiet or args.json,
+        allow_nonfinite=args.allow_nonfinite,
     )
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

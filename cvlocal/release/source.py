@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convert.checkpoint import load_json, open_checkpoint
+from convert.checkpoint import open_checkpoint
+from convert.json_file import load_json
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType, Keys
 from convert.gguf_reader import read_gguf
+from convert.hub_cache import model_folder
 from convert.quant_tables import FTYPE_LABELS, OUTTYPES, OutType
 from cvlocal.errors import UsageError
 from cvlocal.release.card import Provenance, language_tags
@@ -47,7 +49,7 @@ class Source:
 
 def open_source(path: str | Path) -> Source:
     """Check the source and return it; bad input raises a one-line ConvertError/UsageError."""
-    path = Path(path)
+    path = model_folder(path)  # a repo id or models--ORG--NAME folder in the local hub cache, too
     if not path.exists():
         raise UsageError("source not found", path, "Pass a merged model folder or a f32/f16/bf16 GGUF file.")
     if path.is_dir():

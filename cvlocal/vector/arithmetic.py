@@ -12,9 +12,12 @@ time, so they stay in the CPU's cache; on an accelerator the block is the whole 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from convert.finite import count_nonfinite
 
 # float32 elements per block on a CPU: three 1 MB scratch buffers fit in a core's L2 cache.
 CPU_BLOCK_ELEMENTS = 256 * 1024
@@ -39,6 +42,9 @@ class ChunkArithmetic:
         self.device = device
         self.block = block_elements or (CPU_BLOCK_ELEMENTS if device.type == "cpu" else 0)
         self._scratch: torch.Tensor | None = None
+        self.nonfinite: list[tuple[int, int, int]] = []
+        """After ``combine``: ``(term, part, count)`` per input holding NaN/Inf (term -1 is ``start``);
+        ``(-2, 0, count)`` when every input is finite but the float32 result overflowed."""
 
     def _buffers(self, elements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._scratch is None or self._scratch.shape[1] < elements:
@@ -63,6 +69,8 @@ class ChunkArithmetic:
                       for t in terms]
         block = self.block or total
         acc, delta, other = self._buffers(min(block, total))
+        self.nonfinite = []
+        finite = True
         for lo in range(0, total, block):
             hi = min(total, lo + block)
             a = acc[: hi - lo]
@@ -90,5 +98,19 @@ class ChunkArithmetic:
                     filled = True
             if not filled:
                 a.zero_()
+            # NaN and Inf in any input reach the float32 result (x + NaN, 0 * Inf, Inf - Inf), so
+            # one sum of the cache-resident block finds them; counting waits for the rare case.
+            if finite and not math.isfinite(float(a.sum())):
+                finite = False
             flat_out[lo:hi].copy_(a)
+        if not finite:
+            self.nonfinite = _culprits(start, terms)
         return out
+
+
+def _culprits(start: torch.Tensor | None, terms: list[Term]) -> list[tuple[int, int, int]]:
+    """Which inputs of a chunk hold NaN/Inf and how many: ``(term, part, count)``, term -1 = start."""
+    found = [(-1, 0, count_nonfinite(start))] if start is not None else []
+    found += [(i, j, count_nonfinite(p)) for i, t in enumerate(terms) for j, p in enumerate(t.parts)]
+    found = [f for f in found if f[2]]
+    return found or [(-2, 0, 0)]

@@ -7,7 +7,6 @@ defaults, and the embedding / lm_head rows of its special tokens.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from cvlocal import __version__
 from convert.atomic import atomic_output, check_output_path
 from convert.checkpoint import TOKENIZER_FILES, Checkpoint
 from convert.safetensors_format import StreamingWriter
+from cvlocal.errors import UsageError
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.arithmetic import ChunkArithmetic, Term
 from cvlocal.vector.compat import check_pair
@@ -76,6 +76,7 @@ def extract_vector(
     shard_size: str | int = "5GB",
     force: bool = False,
     quiet: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Write the chat vector of (base, chat) to ``out``; return a summary."""
     started = time.perf_counter()
@@ -89,6 +90,7 @@ def extract_vector(
     try:
         check_pair(base_ck, chat_ck)
         chat_table = source.chat_tokens()
+        gen = source.generation_config()  # validated before any work
         template = source.chat_template()
         names = chat_ck.names()
         dtypes = {n: torch_dtype or chat_ck.dtype(n) for n in names}
@@ -96,7 +98,14 @@ def extract_vector(
         arithmetic = ChunkArithmetic(compute_device)
 
         def compute(chunk: Chunk, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return arithmetic.combine(None, [Term(parts)], dtypes[chunk.name], tuple(parts[0].shape))
+            out = arithmetic.combine(None, [Term(parts)], dtypes[chunk.name], tuple(parts[0].shape))
+            for term, part, count in arithmetic.nonfinite if not allow_nonfinite else ():
+                ckpt, role = (chat_ck, "chat") if part == 0 else (base_ck, "base")
+                file = ckpt.infos[chunk.name].file if chunk.name in ckpt.infos else ckpt.path
+                what = f"{role} tensor {chunk.name} holds {count} NaN/Inf value(s)" if term >= 0 else f"chat - base of {chunk.name} overflows float32"
+                raise UsageError(f"{what} in rows {chunk.start}:{chunk.stop}", file,
+                                 "Repair or re-download that model, or pass --allow-nonfinite to extract anyway.")
+            return out
 
         def read(chunk: Chunk) -> tuple[torch.Tensor, ...]:
             return source.read(chunk.name, chunk.start, chunk.stop)
@@ -108,7 +117,6 @@ def extract_vector(
             write_config(tmp, chat_ck.config, main_dtype, [])
             _copy_chat_side(chat_ck, tmp / TOKENIZER_DIR)
             special = _write_special_rows(chat_ck, chat_table, template, tmp / SPECIAL_ROWS)
-            gen_path = chat_ck.path / "generation_config.json"
             eos = tk.eos_ids(chat_ck.path, chat_table)
             vocab = chat_table.tokens
             manifest = {
@@ -127,7 +135,7 @@ def extract_vector(
                 "bos_token": chat_table.bos,
                 "eos_token": chat_table.eos,
                 "stop_tokens": [{"id": i, "text": vocab[i] if i < len(vocab) else None} for i in eos],
-                "generation_config": json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else None,
+                "generation_config": gen.data if gen is not None else None,
                 "special_rows": {"file": SPECIAL_ROWS, "tokens": special},
             }
             write_manifest(tmp, manifest)

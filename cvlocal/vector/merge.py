@@ -8,6 +8,7 @@ with no HF folder in between.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 import time
@@ -20,9 +21,10 @@ import torch
 
 from convert.atomic import atomic_output, check_output_path, scratch
 from convert.checkpoint import Checkpoint, open_checkpoint
+from convert.hub_cache import display_name
 from convert.quant_tables import parse_outtypes
 from cvlocal.errors import UsageError
-from cvlocal.ui import say
+from cvlocal.ui import say, warn
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.arithmetic import ChunkArithmetic, Term
 from cvlocal.vector.card import RECIPE_FILE, build_recipe, write_card
@@ -32,7 +34,7 @@ from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
 from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
 from cvlocal.vector.progress_sink import tensor_progress
 from cvlocal.vector.roles import is_embedding, is_vocab_tensor
-from cvlocal.vector.side_files import write_config, write_generation_config, write_tokenizer
+from cvlocal.vector.side_files import read_generation_config, read_side_files, write_config, write_generation_config, write_tokenizer
 from cvlocal.vector.sources import DeltaSource
 
 EMBEDDING_MODES = ("auto", "add", "overlap", "skip")
@@ -66,6 +68,13 @@ def parse_vector_arg(text: str) -> tuple[Path, float]:
         except ValueError:
             pass
     return Path(text), 1.0
+
+
+def check_ratio(value: float) -> float:
+    """A ratio must be a finite number: NaN or Inf would write a model of NaN (and NaN into the recipe)."""
+    if not math.isfinite(float(value)):
+        raise UsageError(f"the ratio {value} is not a finite number", fix="Give a finite ratio (--ratio R, --vector DIR:R), e.g. 1.0 or -0.5.")
+    return float(value)
 
 
 def _sources(vectors: list[tuple[Path, float]], base: Path | None, chat: Path | None, ratio: float) -> list[DeltaSource]:
@@ -132,6 +141,9 @@ def _decide_special_tokens(plan: MergePlan, spec: str) -> None:
                 if spec != "auto":
                     raise UsageError(f"no chat row stored for id {pair.chat_id} in {kind}", source.label, "Pick a special token of the chat model, or re-extract the vector.")
                 continue
+            if tuple(row.shape) != plan.cp.shape(name)[1:]:
+                raise UsageError(f"the stored {kind} row of token {pair.chat_id} has {list(row.shape)} values, {name} rows have {list(plan.cp.shape(name)[1:])}",
+                                 source.label, "Re-extract the vector from the base and chat models of this CP model.")
             if pair.cp_id < plan.cp.rows(name):
                 rows[pair.cp_id] = row
         if rows:
@@ -149,16 +161,21 @@ def plan_merge(cp_path: Path, sources: list[DeltaSource], *, embeddings: str, sp
     plan.chat_vocab = sources[0].chat_tokens().tokens
     _decide_embeddings(plan, embeddings, cp_table)
     _decide_special_tokens(plan, special_tokens)
+    read_side_files(cp.path)  # every side file is checked now, before the first tensor is read
+    read_generation_config(cp.path)
+    sources[0].generation_config()
     return plan
 
 
 class MergeComputer:
     """The read and compute steps of the pipeline for one plan."""
 
-    def __init__(self, plan: MergePlan, device: torch.device) -> None:
+    def __init__(self, plan: MergePlan, device: torch.device, allow_nonfinite: bool = False) -> None:
         self.plan = plan
         self.device = device
         self.arithmetic = ChunkArithmetic(device)
+        self.allow_nonfinite = allow_nonfinite
+        self.nonfinite: dict[str, int] = {}  # "CP tensor NAME" -> NaN/Inf values found (with --allow-nonfinite)
 
     def read(self, chunk: Chunk) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...] | None]]:
         cp_rows = self.plan.cp.read_rows(chunk.name, chunk.start, chunk.stop)
@@ -170,17 +187,42 @@ class MergeComputer:
         cp_rows, parts = data
         terms = [Term(part, source.ratio) for source, part in zip(self.plan.sources, parts) if part is not None]
         out = self.arithmetic.combine(cp_rows, terms, self.plan.dtypes[chunk.name], tuple(cp_rows.shape))
+        if self.arithmetic.nonfinite:
+            self._nonfinite(chunk, [i for i, p in enumerate(parts) if p is not None])
         for row, value in self.plan.overrides.get(chunk.name, {}).items():
             if chunk.start <= row < chunk.stop:
                 out[row - chunk.start] = value.to(torch.float32).to(out.dtype)
         return out
+
+    def _nonfinite(self, chunk: Chunk, used: list[int]) -> None:
+        """Refuse NaN/Inf in an input (naming the tensor and its file), or count it with --allow-nonfinite."""
+        name = chunk.name
+        for term, part, count in self.arithmetic.nonfinite:
+            if term == -2:
+                label, file, what = f"merged tensor {name}", self.plan.cp.path, f"the merged tensor {name} overflows float32 in rows {chunk.start}:{chunk.stop} (its inputs are finite)"
+            else:
+                source = self.plan.sources[used[term]] if term >= 0 else None
+                ckpt = self.plan.cp if source is None else _part_checkpoint(source, part)
+                role = "CP" if source is None else ("vector" if source.vector else ("chat", "base")[part])
+                label, file = f"{role} tensor {name}", ckpt.infos[name].file if name in ckpt.infos else ckpt.path
+                what = f"{label} holds {count} NaN/Inf value(s) in rows {chunk.start}:{chunk.stop}"
+            if not self.allow_nonfinite:
+                raise UsageError(what, file, "Repair or re-download that model, or pass --allow-nonfinite to merge anyway.")
+            self.nonfinite[label] = self.nonfinite.get(label, 0) + count
+
+
+def _part_checkpoint(source: DeltaSource, part: int) -> Checkpoint:
+    """The checkpoint a delta's part was read from: the vector, or chat (part 0) / base (part 1)."""
+    if source.vector:
+        return source.vector.checkpoint
+    return source.chat if part == 0 else source.base  # type: ignore[return-value]
 
 
 def _write_side_files(plan: MergePlan, folder: Path) -> None:
     """config.json, tokenizer (CP vocab, chat template and eos), generation_config.json."""
     source = plan.sources[0]
     chat_gen = source.generation_config()
-    cp_gen = _json_or_none(plan.cp.path / "generation_config.json")
+    cp_gen = read_generation_config(plan.cp.path)
     gen = write_generation_config(folder, chat_gen, cp_gen, plan.chat_vocab, plan.cp_vocab)
     eos = gen.get("eos_token_id")
     eos_list = [eos] if isinstance(eos, int) else list(eos or [])
@@ -194,10 +236,6 @@ def _dominant_dtype(plan: MergePlan) -> torch.dtype | None:
     for name, dtype in plan.dtypes.items():
         sizes[dtype] = sizes.get(dtype, 0) + plan.cp.nbytes(name)
     return max(sizes, key=sizes.__getitem__) if sizes else None
-
-
-def _json_or_none(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _recipe(plan: MergePlan) -> dict[str, Any]:
@@ -295,7 +333,7 @@ def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype
     with scratch(out, "side", directory=True) as side_dir:
         _write_side_files(plan, side_dir)
         recipe = _recipe(plan)
-        name = f"{plan.cp.path.resolve().name}-ChatVector"
+        name = f"{display_name(plan.cp.path)}-ChatVector"
         write_card(side_dir, recipe, name)  # its front matter gives the converter general.base_model.*
         metadata = {"general.name": name, "cvlocal.recipe": json.dumps(recipe, ensure_ascii=False), "cvlocal.version": recipe["tool"]}
         shapes = {n: (d, s) for n, d, s in plan.output_plan()}
@@ -327,8 +365,13 @@ def merge_models(
     threads: int | None = None,
     force: bool = False,
     quiet: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
-    """Merge chat vectors into a CP model; return a summary (what ``--json`` prints)."""
+    """Merge chat vectors into a CP model; return a summary (what ``--json`` prints).
+
+    NaN or Inf in an input tensor stops the merge with an error naming the tensor and its file,
+    unless ``allow_nonfinite`` (then each is counted, reported and kept in the output).
+    """
     started = time.perf_counter()
     out = Path(out)
     to_gguf = out.suffix.lower() == ".gguf"
@@ -341,6 +384,8 @@ def merge_models(
     max_shard = shard_size if isinstance(shard_size, int) else parse_size(shard_size)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else parse_dtype(dtype)
     compute_device = resolve_device(device)
+    for value in [ratio, *(r for _, r in vectors)]:
+        check_ratio(value)
     sources = _sources([(Path(p), float(r)) for p, r in vectors], Path(base) if base else None, Path(chat) if chat else None, float(ratio))
     try:
         plan = plan_merge(Path(cp), sources, embeddings=embeddings, special_tokens=special_tokens, dtype=torch_dtype)
@@ -348,12 +393,14 @@ def merge_models(
             say("special tokens from the chat model: " + ", ".join(f"{p.text}: {p.cp_id}<-{p.chat_id}" for p in plan.special), quiet)
         for name, mode in plan.embeddings.items():
             say(f"{name}: {mode}", quiet)
-        computer = MergeComputer(plan, compute_device)
+        computer = MergeComputer(plan, compute_device, allow_nonfinite)
         with compute_threads(compute_device):
             if to_gguf:
                 files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads)
             else:
                 files = _stream_to_hf(plan, computer, out, max_shard, force, quiet)
+        for label, count in computer.nonfinite.items():
+            warn(f"{label}: {count} NaN/Inf value(s) kept (--allow-nonfinite)")
     finally:
         for source in sources:
             source.close()
@@ -370,4 +417,5 @@ def merge_models(
         "embeddings": plan.embeddings,
         "special_tokens": [p.as_dict() for p in plan.special],
         "notes": plan.notes,
+        "nonfinite": computer.nonfinite,
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.checkpoint import TOKENIZER_FILES
+from convert.json_file import JsonObject
 from cvlocal.vector.device import dtype_name
 
 import torch
@@ -44,17 +45,33 @@ def write_config(out_dir: Path, cp_config: dict[str, Any], dtype: torch.dtype, e
     _dump(out_dir / "config.json", config)
 
 
+def read_side_files(cp_dir: Path) -> tuple[JsonObject | None, JsonObject | None]:
+    """The CP's tokenizer_config.json and special_tokens_map.json, validated (None where absent).
+
+    Called when the merge is planned, so that a malformed file fails before any tensor is read,
+    and read from the CP folder (never from the copies being written) so the error names the
+    user's file.
+    """
+    config = JsonObject.optional(cp_dir / "tokenizer_config.json")
+    special_map = JsonObject.optional(cp_dir / "special_tokens_map.json")
+    if config is not None:
+        config.token_text("eos_token")
+    if special_map is not None:
+        special_map.token_text("eos_token")
+    return config, special_map
+
+
 def write_tokenizer(out_dir: Path, cp_dir: Path, chat_template: str | None, chat_eos_text: str | None, cp_vocab: dict[str, int]) -> list[str]:
     """Copy the CP tokenizer, then give it the chat template and the chat model's eos token.
 
     Returns the notes to show the user (what was taken from the chat model and what was not).
     """
     notes = []
+    tokenizer_config, special_map = read_side_files(cp_dir)
     for name in TOKENIZER_FILES:
         if (cp_dir / name).is_file() and name not in ("chat_template.jinja", "chat_template.json"):
             shutil.copyfile(cp_dir / name, out_dir / name)
-    config_path = out_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = dict(tokenizer_config.data) if tokenizer_config else {}
     if chat_template:
         config["chat_template"] = chat_template
         notes.append("chat template taken from the chat model")
@@ -67,30 +84,41 @@ def write_tokenizer(out_dir: Path, cp_dir: Path, chat_template: str | None, chat
         else:
             notes.append(f"the chat model's eos {chat_eos_text!r} is not in the CP vocabulary; the CP eos is kept")
     if config:
-        _dump(config_path, config)
-    special_map = out_dir / "special_tokens_map.json"
-    if special_map.is_file() and chat_eos_text in cp_vocab:
-        data = json.loads(special_map.read_text(encoding="utf-8"))
+        _dump(out_dir / "tokenizer_config.json", config)
+    if special_map is not None and chat_eos_text in cp_vocab:
+        data = json.loads(json.dumps(special_map.data))
         if isinstance(data.get("eos_token"), dict):
             data["eos_token"]["content"] = chat_eos_text
         else:
             data["eos_token"] = chat_eos_text
-        _dump(special_map, data)
+        _dump(out_dir / "special_tokens_map.json", data)
     return notes
 
 
-def write_generation_config(out_dir: Path, chat_gen: dict[str, Any] | None, cp_gen: dict[str, Any] | None, chat_vocab: list[str | None], cp_vocab: dict[str, int]) -> dict[str, Any]:
+SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def read_generation_config(folder: Path) -> JsonObject | None:
+    """A folder's generation_config.json, validated where the merge reads it (its special ids)."""
+    gen = JsonObject.optional(folder / "generation_config.json")
+    for key in SPECIAL_ID_KEYS if gen else ():
+        gen.integers(key, low=-1)  # type: ignore[union-attr]  (-1 is an old spelling of "none")
+    return gen
+
+
+def write_generation_config(out_dir: Path, chat_gen: JsonObject | None, cp_gen: JsonObject | None, chat_vocab: list[str | None], cp_vocab: dict[str, int]) -> dict[str, Any]:
     """The chat model's generation defaults with its special ids translated into the CP vocabulary."""
-    gen = json.loads(json.dumps(chat_gen if chat_gen is not None else (cp_gen or {})))
+    chosen = chat_gen if chat_gen is not None else cp_gen
+    gen = json.loads(json.dumps(chosen.data)) if chosen is not None else {}
     if chat_gen is not None:
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        for key in SPECIAL_ID_KEYS:
             if key not in gen:
                 continue
-            mapped = translate_ids(gen[key], chat_vocab, cp_vocab)
+            mapped = translate_ids(chat_gen.integers(key, low=-1), chat_vocab, cp_vocab)
             if mapped:
-                gen[key] = mapped[0] if isinstance(chat_gen[key], int) or len(mapped) == 1 else mapped
-            elif cp_gen and key in cp_gen:
-                gen[key] = cp_gen[key]
+                gen[key] = mapped[0] if isinstance(chat_gen.raw(key), int) or len(mapped) == 1 else mapped
+            elif cp_gen is not None and key in cp_gen:
+                gen[key] = cp_gen.raw(key)
             else:
                 del gen[key]
     if gen:

@@ -7,7 +7,6 @@ compute device (``arithmetic.ChunkArithmetic``), so the two steps of consecutive
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,10 @@ from typing import Any
 import torch
 
 from convert.checkpoint import Checkpoint, open_checkpoint
+from convert.json_file import JsonObject
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.roles import is_embedding, is_lm_head
+from cvlocal.vector.side_files import read_generation_config
 from cvlocal.vector.vector_folder import VectorFolder, open_vector_folder
 
 
@@ -79,9 +80,9 @@ class DeltaSource:
             return self.vector.chat_template
         return tk.read_chat_template(self.chat.path)  # type: ignore[union-attr]
 
-    def generation_config(self) -> dict[str, Any] | None:
-        path = self.chat_dir / "generation_config.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    def generation_config(self) -> JsonObject | None:
+        """The chat side's generation_config.json, validated (None when it has none)."""
+        return read_generation_config(self.chat_dir)
 
     def special_row(self, kind: str, chat_id: int) -> torch.Tensor | None:
         """The chat model's ``embed`` or ``lm_head`` row for a token, or None if not available."""

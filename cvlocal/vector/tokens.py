@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from convert.chat_template import chat_templates
+from convert.json_file import JsonObject
+from convert.tokenizer_files import check_tokenizer_files
 from cvlocal.errors import UsageError
 
 # A conversation that exercises every role a chat template formats.
@@ -58,24 +60,28 @@ def _set(table: list[str | None], i: int, text: str) -> None:
 
 
 def read_token_table(folder: Path) -> TokenTable:
-    """The token table of a folder's tokenizer (tokenizer.json, else tokenizer.model)."""
+    """The token table of a folder's tokenizer (tokenizer.json, else tokenizer.model).
+
+    The files' shape is checked first by the converter's ``check_tokenizer_files`` (a malformed
+    field is one error naming the file and the field; ids are bounded, since an id of 10**12
+    would size the table), so the reading below can trust the types.
+    """
     table: list[str | None] = []
     special: set[int] = set()
     tok_json = folder / "tokenizer.json"
     sp_model = folder / "tokenizer.model"
     fix = "Check that the folder has the model's tokenizer.json or tokenizer.model."
+    files = check_tokenizer_files(folder)
     if tok_json.is_file():
-        try:
-            data = json.loads(tok_json.read_text(encoding="utf-8"))
-            vocab = data["model"]["vocab"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise UsageError("not a readable tokenizer.json", tok_json, fix) from None
-        entries = vocab.items() if isinstance(vocab, dict) else ((piece[0], i) for i, piece in enumerate(vocab))
-        for text, i in entries:
-            _set(table, int(i), str(text))
-        for entry in data.get("added_tokens") or []:
-            _set(table, int(entry["id"]), str(entry["content"]))
-            special.add(int(entry["id"]))
+        data = files["tokenizer.json"]
+        vocab = data.data["model"].get("vocab")
+        if vocab is None:
+            raise UsageError("tokenizer.json has no model.vocab", tok_json, fix)
+        for text, i in vocab.items() if isinstance(vocab, dict) else ((piece[0], i) for i, piece in enumerate(vocab)):
+            _set(table, i, text)
+        for entry in data.data.get("added_tokens") or []:
+            _set(table, entry["id"], entry["content"])
+            special.add(entry["id"])
     elif sp_model.is_file():
         import sentencepiece
 
@@ -89,22 +95,12 @@ def read_token_table(folder: Path) -> TokenTable:
                 special.add(i)
     else:
         raise UsageError("no tokenizer (tokenizer.json or tokenizer.model)", folder, fix)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    for key, entry in (config.get("added_tokens_decoder") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+    config = files.get("tokenizer_config.json") or JsonObject({}, folder / "tokenizer_config.json")
+    for key, entry in (config.raw("added_tokens_decoder") or {}).items():
+        if isinstance(entry.get("content"), str):
             _set(table, int(key), entry["content"])
             special.add(int(key))
-    return TokenTable(table, special, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
-
-
-def _token_text(value: Any) -> str | None:
-    """tokenizer_config stores a token as a string or as an AddedToken dict."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    return None
+    return TokenTable(table, special, config.token_text("bos_token"), config.token_text("eos_token"))
 
 
 def read_chat_template(folder: Path) -> str | None:
@@ -159,11 +155,8 @@ def template_special_ids(table: TokenTable, template: str | None) -> list[int]:
 
 def eos_ids(folder: Path, table: TokenTable) -> list[int]:
     """End-of-turn ids: generation_config eos_token_id (int or list) plus the tokenizer's eos."""
-    ids: list[int] = []
-    gen = folder / "generation_config.json"
-    if gen.is_file():
-        value = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
-        ids.extend([value] if isinstance(value, int) else [v for v in value or [] if isinstance(v, int)])
+    gen = JsonObject.optional(folder / "generation_config.json")
+    ids: list[int] = list(dict.fromkeys(i for i in gen.integers("eos_token_id", low=-1) if i >= 0)) if gen else []
     eos = table.ids().get(table.eos) if table.eos else None
     if eos is not None and eos not in ids:
         ids.append(eos)

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from convert.checkpoint import Checkpoint, load_json, open_checkpoint
+from convert.checkpoint import Checkpoint, open_checkpoint
+from convert.json_file import JsonObject
 from convert.safetensors_format import read_header, read_tensor
 from cvlocal.errors import UsageError
 
@@ -44,20 +45,40 @@ class VectorFolder:
         return self.path / TOKENIZER_DIR
 
     @property
+    def fields(self) -> JsonObject:
+        """The manifest with typed accessors (errors name chat_vector.json and the field)."""
+        return JsonObject(self.manifest, self.path / MANIFEST)
+
+    @property
     def chat_template(self) -> str | None:
-        return self.manifest.get("chat_template")
+        return self.fields.text("chat_template")
+
+    def special_token_ids(self) -> list[int]:
+        """The chat ids whose rows ``extras/special_rows.safetensors`` holds, in its row order."""
+        info = self.fields.obj("special_rows")
+        if info is None:
+            return []
+        out = []
+        for token in info.objects("tokens"):
+            i = token.integer("id")
+            if i is None:
+                raise token.error("id", "present (a token id)")
+            out.append(i)
+        return out
 
     def special_rows(self) -> dict[str, dict[int, torch.Tensor]]:
         """The stored chat rows: ``{"embed": {chat_id: row}, "lm_head": {chat_id: row}}``."""
-        info = self.manifest.get("special_rows") or {}
+        ids = self.special_token_ids()
         file = self.path / SPECIAL_ROWS
-        if not info.get("tokens") or not file.is_file():
+        if not ids or not file.is_file():
             return {}
         infos, _ = read_header(file)
-        ids = [int(t["id"]) for t in info["tokens"]]
         rows: dict[str, dict[int, torch.Tensor]] = {}
         for kind in ("embed", "lm_head"):
             if kind in infos:
+                if len(infos[kind].shape) != 2 or infos[kind].shape[0] != len(ids) or not infos[kind].dtype.is_floating_point:
+                    raise UsageError(f"{kind} is {infos[kind].dtype}{list(infos[kind].shape)}, not {len(ids)} float rows (one per special_rows token of {MANIFEST})",
+                                     file, "Re-extract the vector with `cvlocal extract`.")
                 matrix = read_tensor(infos[kind])
                 rows[kind] = {i: matrix[k] for k, i in enumerate(ids)}
         return rows
@@ -75,12 +96,18 @@ def open_vector_folder(path: str | Path) -> VectorFolder:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise UsageError(f"not a chat-vector folder (no {MANIFEST})", folder, "Make one with `cvlocal extract BASE CHAT -o DIR`.")
-    manifest = load_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    fields = JsonObject.read(manifest_path)
+    if fields.raw("format") != FORMAT:
         raise UsageError("not a cvlocal chat-vector manifest", manifest_path, "Re-extract the vector with `cvlocal extract`.")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise UsageError(f"made by a newer cvlocal (format {manifest.get('format_version')})", manifest_path, "Upgrade cvlocal.")
-    return VectorFolder(folder, manifest, open_checkpoint(folder))
+    version = fields.integer("format_version", 0)
+    if version > FORMAT_VERSION:  # type: ignore[operator]
+        raise UsageError(f"made by a newer cvlocal (format {version})", manifest_path, "Upgrade cvlocal.")
+    for key in ("signature", "base", "chat"):
+        fields.obj(key)
+    vector = VectorFolder(folder, fields.data, open_checkpoint(folder))
+    vector.chat_template  # noqa: B018  (checked now, not when the merge is under way)
+    vector.special_token_ids()
+    return vector
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
