@@ -125,6 +125,16 @@ def test_a_repo_id_that_is_not_cached_is_one_line(hub, tmp_path):
     assert leftovers(tmp_path, "out") == []
 
 
+def test_an_output_inside_the_snapshot_a_repo_id_names_is_refused(hub, tmp_path):
+    """The repo id is not a path, yet its snapshot (and the blobs its links point to) are the input."""
+    _fam, _cache, snap = hub
+    before = {p.name: p.resolve().read_bytes() for p in snap["cp"].iterdir()}
+    for target in (snap["cp"] / "model.gguf", snap["cp"] / "config.json"):
+        proc = cli("convert", "org/tiny-cp", "-o", target, "--outtype", "f16", "--force", check=False)
+        assert_one_line_error(proc, "destroy that input")
+    assert {p.name: p.resolve().read_bytes() for p in snap["cp"].iterdir()} == before
+
+
 @pytest.mark.parametrize("entry", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/../../outside.safetensors"])
 def test_an_index_entry_naming_a_path_outside_stays_refused(hub, tmp_path, entry):
     fam, cache, snap = hub
