@@ -132,6 +132,10 @@ def test_an_output_inside_the_snapshot_a_repo_id_names_is_refused(hub, tmp_path)
     for target in (snap["cp"] / "model.gguf", snap["cp"] / "config.json"):
         proc = cli("convert", "org/tiny-cp", "-o", target, "--outtype", "f16", "--force", check=False)
         assert_one_line_error(proc, "destroy that input")
+    for target in (snap["cp"] / "merged", snap["cp"].parent):
+        proc = cli("merge", "org/tiny-cp", "--base", "org/tiny-base", "--chat", "org/tiny-chat", "-o", target,
+                   "--force", "--quiet", check=False)
+        assert_one_line_error(proc, "destroy that input")
     assert {p.name: p.resolve().read_bytes() for p in snap["cp"].iterdir()} == before
 
 
