@@ -129,16 +129,16 @@ def test_kl_falls_as_rank_grows(llama2_setup):
     from cvlocal.vector.lora_extract import extract_lora
 
     s = llama2_setup
-    kl = {}
-    for rank in (2, 32, "full"):
-        path = s["full"] if rank == "full" else s["root"] / f"r{rank}.gguf"
-        if rank != "full":
-            extract_lora(s["family"].base, s["chat"], path, rank=rank, outtype="f32", quiet=True)
-        check = check_adapter(s["family"].cp, s["family"].base, s["chat"], path, ratios=(1.0,), n_ctx=64, threads=2, quiet=True)
-        kl[rank] = check["ratios"]["1"]["adapter"]["mean_kld"]
-        cp_kl = check["ratios"]["1"]["cp"]["mean_kld"]
-    assert kl[2] > kl[32] > kl["full"], kl
-    assert kl["full"] < 1e-6 < cp_kl, (kl, cp_kl)
+    paths = []
+    for rank in (2, 32):
+        paths.append(s["root"] / f"r{rank}.gguf")
+        extract_lora(s["family"].base, s["chat"], paths[-1], rank=rank, outtype="f32", quiet=True)
+    check = check_adapter(s["family"].cp, s["family"].base, s["chat"], [*paths, s["full"]], ratios=(1.0,), n_ctx=64, threads=2, quiet=True)
+    kl = [row["mean_kld"] for row in check["ratios"]["1"]["adapters"]]
+    cp_kl = check["ratios"]["1"]["cp"]["mean_kld"]
+    assert cp_kl > kl[0] > kl[1] > kl[2], (kl, cp_kl)
+    assert kl[2] < 1e-6 < cp_kl
+    assert check["ratios"]["1"]["adapters"][2]["top1"] == 1.0
 
 
 def test_refused_adapter_is_one_line(llama2_setup, tiny_gguf):
@@ -220,8 +220,18 @@ def test_layout_matches_convert_lora_to_gguf(tiny_family, tmp_path):
         np.testing.assert_allclose(prod_m, prod_t, atol=2e-5, err_msg=name)
 
 
-def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cvlocal", *args], capture_output=True, text=True, cwd=cwd, env=_quiet_env())
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    from tests.merge_helpers import cli
+
+    return cli(*args, check=False)
+
+
+def test_bad_rank_in_a_real_process(tiny_family, tmp_path):
+    family = tiny_family("llama2")
+    result = subprocess.run([sys.executable, "-m", "cvlocal", "extract", str(family.base), str(family.chat), "-o", str(tmp_path / "x.gguf"),
+                             "--rank", "0"], capture_output=True, text=True, cwd=ROOT, env=_quiet_env())
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--rank" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("extra", [["--rank", "0"], ["--rank", "auto", "--energy", "1.5"], ["--rank", "auto", "--energy", "0"],

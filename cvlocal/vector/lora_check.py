@@ -41,7 +41,7 @@ def check_adapter(
     cp: Path,
     base: Path,
     chat: Path,
-    adapter: Path,
+    adapter: Path | Sequence[Path],
     *,
     ratios: Sequence[float] = RATIOS,
     n_ctx: int = 256,
@@ -50,7 +50,11 @@ def check_adapter(
     heldout: Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """KL / top-1 of CP+adapter(r) and of CP alone against the exact merge, for each ratio."""
+    """KL / top-1 of CP+adapter(r) and of CP alone against the exact merge, for each ratio.
+
+    Several adapters (say, one per rank) are measured against the same merges, built once:
+    ``result["ratios"][r]["adapters"][i]`` is the i-th adapter's; ``["adapter"]`` the first's.
+    """
     from convert import write_gguf
     from cvlocal.vector.merge import merge_models
 
@@ -58,15 +62,16 @@ def check_adapter(
     if not cp.is_dir():
         raise UsageError("--check needs the CP model's folder (the exact merge is computed from its weights)", cp,
                          "Pass the HF folder of the continually-pretrained model.")
+    paths = [Path(adapter)] if isinstance(adapter, (str, Path)) else [Path(a) for a in adapter]
     texts = load_heldout(heldout)
     results: dict[str, Any] = {"n_ctx": n_ctx, "ratios": {}}
-    with tempfile.TemporaryDirectory(prefix=".cvlocal-check-", dir=Path(adapter).resolve().parent) as side:
+    with tempfile.TemporaryDirectory(prefix=".cvlocal-check-", dir=paths[0].resolve().parent) as side:
         work = Path(side)
         with item_progress(quiet) as progress:
-            task = progress.add_task("check adapter", total=1 + 2 * len(ratios), detail="CP -> f32 GGUF")
+            task = progress.add_task("check adapter", total=1 + (2 + len(paths)) * len(ratios), detail="CP -> f32 GGUF")
             cp_gguf = write_gguf(cp, work / "cp-f32.gguf", "f32")
             progress.update(task, advance=1)
-            llm, adapters = open_model(cp_gguf, [AdapterSpec(Path(adapter), 0.0)], **scoring_settings(n_ctx, threads))
+            llm, adapters = open_model(cp_gguf, [AdapterSpec(p, 0.0) for p in paths], **scoring_settings(n_ctx, threads))
             try:
                 windows = make_windows(llm, texts, n_ctx, chunks)
                 if not len(windows.languages):
@@ -83,15 +88,18 @@ def check_adapter(
                     finally:
                         ref_llm.close()
                     Path(merged).unlink()
-                    progress.update(task, advance=1, detail=f"adapter at {r:g}")
+                    progress.update(task, advance=1, detail=f"adapters at {r:g}")
                     try:
-                        adapters.set_scales([r])
-                        with_adapter = measure(llm, windows, reference).overall.as_dict()
-                        adapters.set_scales([0.0])
+                        measured = []
+                        for i in range(len(paths)):
+                            adapters.set_scales([r if j == i else 0.0 for j in range(len(paths))])
+                            measured.append(measure(llm, windows, reference).overall.as_dict())
+                            progress.update(task, advance=1)
+                        adapters.set_scales([0.0] * len(paths))
                         alone = measure(llm, windows, reference).overall.as_dict()
                     finally:
                         reference.remove()
-                    results["ratios"][f"{r:g}"] = {"adapter": with_adapter, "cp": alone}
+                    results["ratios"][f"{r:g}"] = {"adapter": measured[0], "adapters": measured, "cp": alone}
                     progress.update(task, advance=1)
             finally:
                 llm.close()
