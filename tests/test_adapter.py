@@ -289,3 +289,25 @@ def test_cli_auto_rank_json_and_tied_qwen2(tiny_family, tmp_path):
     cum = torch.cumsum(s, 0) / s.sum()
     expected = int((cum < 0.5).sum()) + 1
     assert summary["ranks"]["blk.1.ffn_down.weight"] == expected
+
+
+def test_chat_adapter_ratio_live(llama2_setup, tmp_path):
+    """`cvlocal chat CP --adapter FILE:1.0` then `/set ratio 0`: the conversation is re-read, and replies are CP's own."""
+    s = llama2_setup
+    scripts = {"live": "Hello there\n/set ratio 0\n/show\nHi again\n", "plain": "Hello there\nHi again\n", "zero": "/set ratio 0\nHello there\n"}
+    common = ["--json", "--temperature", "0", "--max-tokens", "6", "--ctx", "256"]
+    turns = {}
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        adapter = [] if name == "plain" else ["--adapter", f"{s['full']}:1.0"]
+        result = _cli("chat", str(s["cp"]), *adapter, "--script", str(tmp_path / name), *common)
+        assert result.returncode == 0, result.stderr
+        turns[name] = json.loads(result.stdout)["turns"]
+        if name == "live":
+            assert "adapter 1 at 0" in result.stdout + result.stderr
+    assert turns["live"][0]["text"] != turns["plain"][0]["text"]                # ratio 1: the vector changes the reply
+    assert turns["zero"][0]["text"] == turns["plain"][0]["text"]                # ratio 0: the CP model itself
+    assert turns["live"][1]["new_prompt_tokens"] == turns["live"][1]["prompt_tokens"]    # the KV cache was dropped ...
+    assert turns["plain"][1]["new_prompt_tokens"] < turns["plain"][1]["prompt_tokens"]  # ... which it is not otherwise
+    bad = _cli("chat", str(s["cp"]), "--adapter", str(tmp_path / "missing.gguf"), "--script", str(tmp_path / "plain"), *common)
+    assert bad.returncode == 2 and "missing.gguf" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
