@@ -95,8 +95,13 @@ def build_app(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
+    adapters: list | None = None,
 ) -> Any:
-    """The FastAPI app of llama-cpp-python's server for one GGUF, with cvlocal's chat template."""
+    """The FastAPI app of llama-cpp-python's server for one GGUF, with cvlocal's chat template.
+
+    With ``adapters`` (``llama_adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
+    llama-server's ``"lora"`` request field and ``/lora-adapters`` endpoints.
+    """
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -117,11 +122,18 @@ def build_app(
     server_settings = ServerSettings(host=host, port=port, api_key=api_key)
     with captured_llama_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
         try:
-            return create_app(server_settings=server_settings, model_settings=[model_settings])
+            app = create_app(server_settings=server_settings, model_settings=[model_settings])
         except (ValueError, RuntimeError) as err:
             reason = "; ".join(log.problems()[-2:]) or str(err)
             raise UsageError(f"llama.cpp could not load the model ({reason})", path=model_path,
                              fix="Check that the file is complete and was written by a recent converter") from err
+    if not adapters:
+        return app
+    from llama_cpp.server import app as server_app
+
+    from cvlocal.chat.server_lora import attach
+
+    return attach(app, server_app._llama_proxy(), adapters)
 
 
 def serve(app: Any, host: str, port: int, quiet: bool = False) -> None:

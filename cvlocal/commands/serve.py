@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.session import check_gguf_path
 
     check_gguf_path(args.model)
+    from cvlocal.commands.chat import adapter_specs
+
+    adapters = adapter_specs(args)
     template = probe_template(args.model, args.chat_format)
     if template.warning:
         ui.warn(template.warning)
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     with ui.maybe_status(f"loading {args.model.name}", args.quiet):
         app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                         chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
-                        host=args.host, port=args.port, api_key=args.api_key)
+                        host=args.host, port=args.port, api_key=args.api_key, adapters=adapters)
     ui.say(f"serving {args.model.name} (template {template.source}) on http://{args.host}:{args.port}/v1 "
            "— Ctrl-C stops", args.quiet)
     serve(app, args.host, args.port, quiet=args.quiet)
