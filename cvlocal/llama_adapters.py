@@ -135,3 +135,19 @@ def open_model(model_path: str | Path, adapters: Sequence[AdapterSpec] = (), **k
     except BaseException:
         llm.close()
         raise
+
+
+def parse_model_spec(text: str | Path) -> tuple[Path, list[AdapterSpec]]:
+    """``CP.gguf+ADAPTER.gguf@RATIO[+...]`` to the model and its adapters (``@RATIO`` defaults to 1).
+
+    A plain path is a model without adapters, so every command that takes a model takes a spec.
+    """
+    model, *rest = str(text).split("+")
+    adapters = []
+    for part in rest:
+        head, sep, tail = part.rpartition("@")
+        try:
+            adapters.append(AdapterSpec(Path(head), float(tail)) if sep and head else AdapterSpec(Path(part), 1.0))
+        except ValueError:
+            raise UsageError(f"bad ratio {tail!r} in the model spec {text}", None, "Write CP.gguf+ADAPTER.gguf@RATIO, e.g. @0.5.") from None
+    return Path(model), adapters

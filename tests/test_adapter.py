@@ -311,3 +311,18 @@ def test_chat_adapter_ratio_live(llama2_setup, tmp_path):
     assert turns["plain"][1]["new_prompt_tokens"] < turns["plain"][1]["prompt_tokens"]  # ... which it is not otherwise
     bad = _cli("chat", str(s["cp"]), "--adapter", str(tmp_path / "missing.gguf"), "--script", str(tmp_path / "plain"), *common)
     assert bad.returncode == 2 and "missing.gguf" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_eval_model_spec_with_adapter(llama2_setup, tmp_path):
+    """`cvlocal eval CP+ADAPTER@0 CP+ADAPTER@1 CP`: @0 generates exactly CP's replies, @1 others; each ratio is its own cache."""
+    s = llama2_setup
+    specs = [f"{s['cp']}+{s['full']}@0", f"{s['cp']}+{s['full']}@1", str(s["cp"])]
+    out = tmp_path / "eval"
+    result = _cli("eval", *specs, "--suite", "dialogue", "--lang", "en", "--limit", "1", "--samples", "1", "--max-tokens", "4",
+                  "--ctx", "256", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    caches = {p.name.split("-")[0]: [json.loads(line)["outputs"] for line in p.read_text().splitlines()] for p in (out / "cache").glob("*.jsonl")
+              if not p.name.endswith(".scores.jsonl")}
+    assert caches["cp_full_0"] == caches["cp"] != caches["cp_full_1"]
+    bad = _cli("eval", f"{s['cp']}+{tmp_path / 'none.gguf'}@0.5", "--out", str(tmp_path / "e2"), "--quiet")
+    assert bad.returncode == 2 and "none.gguf" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

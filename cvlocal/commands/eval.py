@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "instruction following (IFEval-style, strict and loose) and multi-turn dialogue (recall, language and "
             "script, template leakage, ending, repetition). Results are cached under --out as they are produced: "
             "rerun the same command to continue an interrupted run."))
-    p.add_argument("models", nargs="+", type=Path, metavar="MODEL.gguf", help="GGUF models to evaluate")
+    p.add_argument("models", nargs="+", type=Path, metavar="MODEL.gguf",
+                   help="GGUF models to evaluate (CP.gguf+ADAPTER.gguf@RATIO: a model with a LoRA adapter at RATIO)")
     p.add_argument("--suite", default=None, metavar="LIST",
                    help=f"comma-separated suites (default all: {','.join(SUITES)})")
     p.add_argument("--lang", default=None, metavar="LIST",
