@@ -49,14 +49,34 @@ def main(argv: list[str] | None = None) -> int:
             print(label, rows[-1][1], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lines = [f"# Demo measures with the chat vector as a LoRA adapter ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-             f"{len(bundle.prompts)} held-out chat prompts in language B, greedy, {MAX_TOKENS} tokens, CP q8_0 (+ f16 adapter).", "",
-             "| model | " + " | ".join(MEASURES) + " | notes |", "|---" * (len(MEASURES) + 2) + "|"]
-    for label, r, note in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{r[m]:.0%}" for m in MEASURES) + f" | {note} |")
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    text = render(rows, len(bundle.prompts), MAX_TOKENS, MEASURES)
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
     return 0
+
+
+def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate over n trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((rate * (1 - rate) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def render(rows: list[tuple[str, dict[str, float], str]], n: int, max_tokens: int, measures: tuple[str, ...]) -> str:
+    """The table, every rate with its 95% Wilson interval (no paired test: per-prompt replies are not kept)."""
+    lines = [f"# Demo measures with the chat vector as a LoRA adapter ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"{n} held-out chat prompts in language B, greedy, {max_tokens} tokens, CP q8_0 (+ f16 adapter); "
+             "rates with their 95% Wilson intervals.", "",
+             "| model | " + " | ".join(measures) + " | notes |", "|---" * (len(measures) + 2) + "|"]
+    for label, r, note in rows:
+        cells = []
+        for m in measures:
+            lo, hi = wilson(r[m], n)
+            cells.append(f"{r[m]:.0%} ({lo:.0%}–{hi:.0%})")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
