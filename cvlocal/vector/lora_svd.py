@@ -70,6 +70,8 @@ def factorize(delta: torch.Tensor, rank: int | None, energy: float | None = None
 
     A fixed rank above the smallest side is clamped to it (that is already exact).
     """
+    if delta.device.type == "mps":
+        delta = delta.cpu()  # MPS has no SVD kernels
     rows, cols = delta.shape
     smallest = min(rows, cols)
     total = float(delta.double().pow(2).sum())
