@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from cvlocal import ui
 from cvlocal.chat.generation import Interrupt, Sampling, context_size, generate_text
@@ -57,11 +57,27 @@ def load_llama(
     n_gpu_layers: int = 0,
     seed: int = 0,
     verbose: bool = False,
+    adapters: Sequence[Any] = (),
 ) -> Any:
     """Open a GGUF with llama-cpp-python; a missing or non-GGUF file is a one-line UsageError.
 
     ``threads`` sets both generation and prompt threads (None: llama-cpp-python's default).
+    ``adapters`` (``llama_adapters.AdapterSpec``) are attached and checked; the model then
+    carries them as ``llm.cvlocal_adapters`` (``/set ratio`` changes their scales).
     """
+    llm = _open_llama(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
+    if adapters:
+        from cvlocal.llama_adapters import Adapters
+
+        try:
+            llm.cvlocal_adapters = Adapters(llm, adapters)
+        except BaseException:
+            llm.close()
+            raise
+    return llm
+
+
+def _open_llama(path: str | Path, *, ctx: int, threads: int | None, n_gpu_layers: int, seed: int, verbose: bool) -> Any:
     path = check_gguf_path(path)
     try:
         from llama_cpp import Llama

@@ -112,8 +112,29 @@ def cmd_system(host: Host, arg: str) -> None:
     host.out.print("system prompt removed" if arg == "-" else "system prompt set", markup=False)
 
 
+def set_ratio(host: Host, parts: list[str]) -> None:
+    """``/set ratio R`` (every adapter) or ``/set ratio N R`` (the N-th, from 1): the chat vector's ratio, live."""
+    adapters = getattr(host.session.llm, "cvlocal_adapters", None)
+    if not adapters:
+        raise UsageError("no adapter is loaded", fix="Start the chat with --adapter FILE.gguf[:RATIO]")
+    try:
+        index = int(parts[0]) - 1 if len(parts) == 2 else None
+        ratio = float(parts[-1])
+    except (ValueError, IndexError):
+        raise UsageError("usage: /set ratio R  or  /set ratio N R", fix="R is a number, N an adapter number from 1") from None
+    if index is not None and not 0 <= index < len(adapters):
+        raise UsageError(f"no adapter {index + 1}", fix=f"N is 1..{len(adapters)}")
+    scales = [ratio if index is None or i == index else s for i, s in enumerate(adapters.scales)]
+    changed = adapters.set_scales(scales)
+    note = " (the KV cache was dropped: the next reply re-reads the conversation)" if changed else " (unchanged)"
+    host.out.print("ratio: " + ", ".join(f"adapter {i + 1} at {s:g}" for i, s in enumerate(adapters.scales)) + note, markup=False)
+
+
 def cmd_set(host: Host, arg: str) -> None:
     parts = arg.split()
+    if parts and parts[0] == "ratio" and 2 <= len(parts) <= 3:
+        set_ratio(host, parts[1:])
+        return
     if len(parts) != 2:
         raise UsageError("usage: /set NAME VALUE", fix=f"NAME is one of {', '.join(SETTINGS)}")
     name, value = parts
@@ -138,6 +159,9 @@ def model_facts(session: ChatSession, model_path: Path) -> list[tuple[str, str]]
         ("template", session.template_source),
         ("stops", " ".join(session.stop_tokens)),
     ]
+    adapters = getattr(llm, "cvlocal_adapters", None)
+    if adapters:
+        facts.append(("adapters", "; ".join(f"{a['id'] + 1}: {a['path']} at ratio {a['scale']:g}" for a in adapters.describe())))
     return facts
 
 
@@ -289,7 +313,7 @@ def cmd_exit(host: Host, arg: str) -> object:
 COMMANDS: dict[str, tuple[str, str, Callable[[Host, str], Any]]] = {
     "help": ("", "this list", cmd_help),
     "system": ("[TEXT|-]", "show, set or (with -) remove the system prompt", cmd_system),
-    "set": ("NAME VALUE", f"change a setting: {', '.join(SETTINGS)}", cmd_set),
+    "set": ("NAME VALUE", f"change a setting: {', '.join(SETTINGS)}; ratio [N] R: an adapter's ratio", cmd_set),
     "show": ("", "settings, model metadata and chat template", cmd_show),
     "clear": ("", "forget the conversation (the system prompt stays)", cmd_clear),
     "undo": ("", "remove the last question and its reply", cmd_undo),

@@ -136,6 +136,7 @@ def build_app(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
+    adapters: list | None = None,
 ) -> Any:
     """The served app: :class:`OpenAIEdge` around the single-model app (see the module docstring)."""
     from cvlocal.chat.openai_edge import OpenAIEdge
@@ -143,7 +144,7 @@ def build_app(
     alias = model_alias or model_path.stem
     inner = single_model_app(model_path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers,
                              chat_format=chat_format, seed=seed, model_alias=alias, host=host, port=port,
-                             api_key=api_key)
+                             api_key=api_key, adapters=adapters)
     return OpenAIEdge(inner, alias=alias, api_key=api_key)
 
 
@@ -159,8 +160,13 @@ def single_model_app(
     host: str,
     port: int,
     api_key: str | None,
+    adapters: list | None = None,
 ) -> Any:
-    """llama-cpp-python's FastAPI app for one GGUF with cvlocal's chat template; requests queue."""
+    """llama-cpp-python's FastAPI app for one GGUF with cvlocal's chat template; requests queue.
+
+    With ``adapters`` (``llama_adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
+    llama-server's ``"lora"`` request field and ``/lora-adapters`` endpoints.
+    """
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -182,11 +188,18 @@ def single_model_app(
     server_settings = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
     with captured_llama_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
         try:
-            return create_app(server_settings=server_settings, model_settings=[model_settings])
+            app = create_app(server_settings=server_settings, model_settings=[model_settings])
         except (ValueError, RuntimeError) as err:
             reason = "; ".join(log.problems()[-2:]) or str(err)
             raise UsageError(f"llama.cpp could not load the model ({reason})", path=model_path,
                              fix="Check that the file is complete and was written by a recent converter") from err
+    if not adapters:
+        return app
+    from llama_cpp.server import app as server_app
+
+    from cvlocal.chat.server_lora import attach
+
+    return attach(app, server_app._llama_proxy(), adapters)
 
 
 def serve(app: Any, sock: socket.socket, quiet: bool = False) -> None:

@@ -21,6 +21,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-format", default=None, metavar="NAME|FILE.jinja",
                    help="override the GGUF's chat template: a llama-cpp-python format name (chatml, llama-2, "
                         "llama-3, mistral-instruct, ...), 'plain', or a Jinja template file")
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE.gguf[:RATIO]",
+                   help="a GGUF LoRA adapter (e.g. a chat vector from `cvlocal extract ... -o X.gguf`) at RATIO "
+                        "(default 1.0); repeat for several")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -51,6 +54,16 @@ def check_ctx(args: argparse.Namespace) -> None:
         raise UsageError(f"--threads {args.threads} must be at least 1", fix="Leave it out for llama.cpp's choice")
 
 
+def adapter_specs(args: argparse.Namespace) -> list:
+    """``--adapter FILE[:RATIO]`` values, checked before the model loads."""
+    from cvlocal.llama_adapters import check_adapter_file, parse_adapter_spec
+
+    specs = [parse_adapter_spec(text) for text in getattr(args, "adapter", None) or []]
+    for spec in specs:
+        check_adapter_file(spec.path)
+    return specs
+
+
 def run(args: argparse.Namespace) -> int:
     from cvlocal.chat.commands import parse_setting
 
@@ -72,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     with ui.maybe_status(f"loading {args.model.name}", args.quiet or args.script is not None):
         llm = load_llama(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                         seed=args.seed)
+                         seed=args.seed, adapters=adapter_specs(args))
     trained = llm._model.n_ctx_train()
     if trained and args.ctx > trained:
         ui.warn(f"--ctx {args.ctx} is longer than {args.model.name} was trained for ({trained} tokens); "

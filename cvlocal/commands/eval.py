@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "instruction following (IFEval-style, strict and loose) and multi-turn dialogue (recall, language and "
             "script, template leakage, ending, repetition). Results are cached under --out as they are produced: "
             "rerun the same command to continue an interrupted run."))
-    p.add_argument("models", nargs="*", type=Path, metavar="MODEL.gguf", help="GGUF models to evaluate")
+    p.add_argument("models", nargs="*", type=Path, metavar="MODEL.gguf", help="GGUF models to evaluate (CP.gguf+ADAPTER.gguf@RATIO: a model with a LoRA adapter at RATIO)")
     p.add_argument("--score-replies", action="append", type=Path, default=None, metavar="REPLIES.jsonl",
                    help="score given replies instead of running a model: one JSON object per line with a suite "
                         "item's fields plus \"suite\" and \"reply\" (optional \"model\" to compare systems; "
@@ -86,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
     at_least("--threads", args.threads)
-    _refuse_outputs_over_inputs(args, [*args.models, args.judge,
+    from cvlocal.llama_adapters import parse_model_spec
+
+    specs = [parse_model_spec(m) for m in args.models]
+    model_files = [path for model, adapters in specs for path in (model, *(a.path for a in adapters))]
+    _refuse_outputs_over_inputs(args, [*model_files, args.judge,
                                        args.suites_dir if args.suites_dir != SUITES_DIR else None])
     request = EvalRequest(
         models=list(args.models),

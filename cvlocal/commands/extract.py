@@ -23,18 +23,56 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--shard-size", default="5GB", help="largest shard (default 5GB)")
     p.add_argument("--allow-nonfinite", action="store_true", help="extract even if base or chat holds NaN or Inf (default: refuse)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    lora = p.add_argument_group("GGUF LoRA adapter (an output ending in .gguf)")
+    lora.add_argument("--rank", default=None, help="R, full or auto: rank of each tensor's truncated SVD (default 64)")
+    lora.add_argument("--energy", type=float, default=None, help="with --rank auto: fraction of each tensor's squared norm to keep (default 0.9)")
+    lora.add_argument("--outtype", default="f16", help="f32|f16|bf16|q8_0: type of the adapter's tensors (default f16)")
+    lora.add_argument("--check", type=Path, default=None, metavar="CP", help="measure KL / top-1 of CP+adapter against the exact merge on the held-out text")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from convert.output_policy import refuse_overlap
+
+    refuse_overlap([args.output], [args.base, args.chat, args.check])
+    if args.output.suffix.lower() == ".gguf":
+        return _run_lora(args)
     from cvlocal.vector.extract import extract_vector
 
-    refuse_overlap([args.output], [args.base, args.chat])
     summary = extract_vector(args.base, args.chat, args.output, dtype=args.dtype, device=args.device, shard_size=args.shard_size, force=args.force, quiet=args.quiet or args.json,
                              allow_nonfinite=args.allow_nonfinite)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         say(f"wrote {', '.join(summary['files']) if summary.get('format') == 'gguf' else summary['output']}: {summary['tensors']} tensors, {human_bytes(summary['bytes'])} {summary['dtype']}, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
+    return 0
+
+
+def _run_lora(args: argparse.Namespace) -> int:
+    """The .gguf branch: the chat vector as a GGUF LoRA adapter (and its fidelity with --check)."""
+    from cvlocal.vector.lora_extract import extract_lora, parse_rank
+
+    parse_rank(args.rank or 64, args.energy)  # refuse bad --rank / --energy before --check's work
+    quiet = args.quiet or args.json
+    summary = extract_lora(args.base, args.chat, args.output, rank=args.rank or 64, energy=args.energy, outtype=args.outtype,
+                           device=args.device, force=args.force, quiet=quiet)
+    if args.check is not None:
+        from cvlocal.vector.lora_check import check_adapter
+
+        summary["check"] = check_adapter(args.check, args.base, args.chat, args.output, quiet=quiet)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    say(f"wrote {summary['output']}: {summary['tensors']} LoRA pairs, rank {summary['rank']} (min {summary['rank_min']}, "
+        f"median {summary['rank_median']}, max {summary['rank_max']}), {human_bytes(summary['bytes'])} {summary['outtype']}, "
+        f"{summary['energy_kept']:.1%} of the vector's squared norm kept, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
+    if summary["left_out"]:
+        kinds = sorted({e["kind"] for e in summary["left_out"]})
+        say(f"left out ({', '.join(kinds)}): {len(summary['left_out'])} tensors, {summary['left_out_share']:.2%} of the vector's squared norm: "
+            + ", ".join(f"{e['tensor']} {e['share']:.2%}" for e in sorted(summary["left_out"], key=lambda e: -e["share"])[:6])
+            + (" ..." if len(summary["left_out"]) > 6 else ""), args.quiet)
+    if "check" in summary:
+        from cvlocal.vector.lora_check import format_check
+
+        say(format_check(summary["check"]), args.quiet)
     return 0

@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model_alias is not None and not args.model_alias.strip():
         raise UsageError("--model-alias is empty", fix="Give the model id clients should use, or leave it out")
     check_gguf_path(args.model)
+    from cvlocal.commands.chat import adapter_specs
+
+    adapters = adapter_specs(args)
     template = probe_template(args.model, args.chat_format)
     sock = listen_socket(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         with ui.maybe_status(f"loading {args.model.name}", args.quiet):
             app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                             chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
-                            host=args.host, port=args.port, api_key=args.api_key)
+                            host=args.host, port=args.port, api_key=args.api_key, adapters=adapters)
         ui.say(f"serving {args.model.name} as {app.alias!r} (template {template.source}) on "
                f"http://{args.host}:{args.port}/v1 — Ctrl-C stops", args.quiet)
         serve(app, sock, quiet=args.quiet)

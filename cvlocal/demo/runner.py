@@ -74,10 +74,12 @@ def build_models(bundle: DemoBundle, folder: Path, *, threads: int | None, quiet
 
 def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, threads: int | None,
               max_tokens: int, on_reply: Callable[[], None] | None = None) -> list[Reply]:
-    """One fresh single-turn greedy chat per prompt, scored."""
+    """One fresh single-turn greedy chat per prompt, scored (``gguf`` may be ``CP.gguf+ADAPTER.gguf@RATIO``)."""
+    from cvlocal.llama_adapters import parse_model_spec
     from cvlocal.session import ChatSession, load_llama
 
-    llm = load_llama(gguf, ctx=512, threads=threads, seed=0)
+    model, adapters = parse_model_spec(gguf)
+    llm = load_llama(model, ctx=512, threads=threads, seed=0, adapters=adapters)
     try:
         session = ChatSession(llm, max_tokens=max_tokens, temperature=0.0, warn=None, model_name=gguf.name)
         replies = []

@@ -47,10 +47,12 @@ class LlamaBackend:
 
     def __init__(self, path: Path, *, ctx: int = 4096, threads: int | None = None, n_gpu_layers: int = 0,
                  chat_format: str | None = None) -> None:
+        from cvlocal.llama_adapters import parse_model_spec
         from cvlocal.session import load_llama
 
         self.path = Path(path)
-        self.llm = load_llama(self.path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, seed=0)
+        model, adapters = parse_model_spec(self.path)  # CP.gguf+ADAPTER.gguf@RATIO
+        self.llm = load_llama(model, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, seed=0, adapters=adapters)
         self.chat_format = chat_format
         self.template_warning: str | None = None
 

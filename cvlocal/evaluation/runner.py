@@ -30,7 +30,8 @@ from cvlocal.errors import UsageError
 from cvlocal.evaluation.backend import Backend, LlamaBackend
 from cvlocal.evaluation.cache import JsonlCache, safe_name, settings_key
 from cvlocal.evaluation.compare import compare_models
-from cvlocal.evaluation.files import file_fingerprint, require_gguf
+from cvlocal.evaluation.files import require_gguf
+from cvlocal.evaluation.model_spec import model_bytes, model_fingerprint, model_stem, require_model_spec
 from cvlocal.evaluation.generate import GenerationSettings, generate_item
 from cvlocal.evaluation.metrics import aggregate_by_lang, evaluate_item
 from cvlocal.evaluation.scoring import ScorerSpec, build_scorer, spec_fingerprint
@@ -78,8 +79,8 @@ class ModelRun:
 
 
 def _display_names(paths: Sequence[Path]) -> list[str]:
-    stems = [p.stem for p in paths]
-    return [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    stems = [model_stem(p) for p in paths]
+    return [f"{p.parent.name}/{stem}" if stems.count(stem) > 1 else stem for p, stem in zip(paths, stems)]
 
 
 def _text_hash(outputs: Sequence[dict[str, Any]]) -> str:
@@ -93,7 +94,7 @@ def check_request(request: EvalRequest) -> dict[str, list[Item]]:
         raise UsageError("no model given", fix="pass one or more MODEL.gguf files")
     seen: set[Path] = set()
     for model in request.models:
-        require_gguf(model, "model")
+        require_model_spec(model)
         resolved = Path(model).resolve()
         if resolved in seen:
             raise UsageError("the same model is given twice", model, "list each model once")
@@ -116,8 +117,8 @@ def _prepare_models(request: EvalRequest) -> list[ModelRun]:
     cache_dir = request.out / "cache"
     runs = []
     for path, name in zip(request.models, _display_names(request.models)):
-        fingerprint = file_fingerprint(path)
-        prefix = f"{safe_name(Path(path).stem)}-{fingerprint[:12]}-{key}"
+        fingerprint = model_fingerprint(path)
+        prefix = f"{safe_name(model_stem(path))}-{fingerprint[:12]}-{key}"
         if request.fresh:
             for old in cache_dir.glob(f"{prefix}*.jsonl"):
                 old.unlink()
@@ -316,7 +317,7 @@ def run_evaluation(request: EvalRequest, *, backend_factory: BackendFactory | No
             "name": run.name,
             "path": str(run.path),
             "fingerprint": run.fingerprint,
-            "size_bytes": run.path.stat().st_size,
+            "size_bytes": model_bytes(run.path),
             "load_seconds": run.load_seconds,
             "generated_this_run": run.generated_now,
             "template_warning": run.template_warning,

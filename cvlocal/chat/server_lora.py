@@ -1,0 +1,136 @@
+"""LoRA adapters on ``cvlocal serve``, with llama-server's conventions so its clients work unchanged.
+
+- ``--adapter FILE[:RATIO]`` sets the server-wide scales;
+- a request body may carry ``"lora": [{"id": 0, "scale": 0.8}]`` (adapters not listed get 0, as
+  in llama-server), for ``/v1/chat/completions`` and ``/v1/completions``;
+- ``GET /lora-adapters`` lists ``[{"id", "path", "scale"}]``; ``POST /lora-adapters`` with the
+  same list changes the server-wide scales.
+
+How, without touching llama-cpp-python's server: an ASGI middleware reads the body, takes the
+``lora`` field out (the server's request models do not know it) and puts the scales in a
+context variable; the model's ``create_completion`` (the one call every completion goes through,
+run while the server holds its model lock) is wrapped to apply those scales, or the server-wide
+ones, before generating. A scale change drops the KV cache (``Adapters.set_scales``).
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+from typing import Any, Awaitable, Callable
+
+from cvlocal.llama_adapters import Adapters
+
+COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
+LIST_PATHS = ("/lora-adapters", "/v1/lora-adapters")
+_REQUESTED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("cvlocal_lora", default=None)
+
+
+def parse_lora_field(value: Any, count: int) -> list[float]:
+    """``[{"id": i, "scale": s}, ...]`` to one scale per adapter (unlisted: 0); ValueError if malformed."""
+    if not isinstance(value, list):
+        raise ValueError("'lora' must be an array of objects with 'id' and 'scale' fields")
+    scales = [0.0] * count
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or isinstance(entry.get("id"), bool):
+            raise ValueError("each 'lora' entry needs an integer 'id'")
+        if not 0 <= entry["id"] < count:
+            raise ValueError(f"no LoRA adapter with id {entry['id']} (there are {count})")
+        try:
+            scales[entry["id"]] = float(entry.get("scale", 0.0))
+        except (TypeError, ValueError):
+            raise ValueError("a 'lora' scale must be a number") from None
+    return scales
+
+
+class ServerAdapters:
+    """The server's adapters: the server-wide scales and the per-request override."""
+
+    def __init__(self, adapters: Adapters) -> None:
+        self.adapters = adapters
+        self.default = list(adapters.scales)
+        llm = adapters.llm
+        original = llm.create_completion
+
+        def create_completion(*args: Any, **kwargs: Any) -> Any:
+            requested = _REQUESTED.get()
+            self.adapters.set_scales(requested if requested is not None else self.default)
+            return original(*args, **kwargs)
+
+        llm.create_completion = create_completion  # the instance attribute wins over the method
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{**a, "scale": s} for a, s in zip(self.adapters.describe(), self.default)]
+
+
+async def _read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _send_json(send: Callable[[dict], Awaitable[None]], status: int, payload: Any) -> None:
+    body = json.dumps(payload).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class LoraMiddleware:
+    """ASGI middleware: the ``lora`` request field and the ``/lora-adapters`` endpoints."""
+
+    def __init__(self, app: Any, server: ServerAdapters) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path in LIST_PATHS and method == "GET":
+            return await _send_json(send, 200, self.server.describe())
+        if path in LIST_PATHS and method == "POST":
+            try:
+                self.server.default = parse_lora_field(json.loads(await _read_body(receive) or b"null"), len(self.server.adapters))
+            except ValueError as err:
+                return await _send_json(send, 400, {"error": {"message": str(err), "type": "invalid_request_error"}})
+            return await _send_json(send, 200, {"success": True})
+        if path not in COMPLETION_PATHS or method != "POST":
+            return await self.app(scope, receive, send)
+        raw = await _read_body(receive)
+        requested = None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None  # let the server report its own error
+        if isinstance(body, dict) and "lora" in body:
+            try:
+                requested = parse_lora_field(body.pop("lora"), len(self.server.adapters))
+            except ValueError as err:
+                return await _send_json(send, 400, {"error": {"message": str(err), "type": "invalid_request_error"}})
+            raw = json.dumps(body).encode("utf-8")
+            scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+                     + [(b"content-length", str(len(raw)).encode())]}
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        token = _REQUESTED.set(requested)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            _REQUESTED.reset(token)
+
+
+def attach(app: Any, llm: Any, specs: list) -> Any:
+    """Load ``specs`` onto the server's model and wrap ``app``; returns the ASGI app to serve."""
+    adapters = Adapters(llm, specs)
+    llm.cvlocal_adapters = adapters
+    return LoraMiddleware(app, ServerAdapters(adapters))
