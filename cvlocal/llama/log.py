@@ -1,0 +1,89 @@
+"""llama.cpp's log, captured one way for the whole process.
+
+llama.cpp has one process-wide log callback. Setting it in several places (as the chat, the
+release checks and the loader used to) means whoever set it last wins, and a nested capture
+restores the wrong one. Here the callback is installed once and routes each line to the innermost
+active :class:`LogCapture` (or, when none is active, to llama-cpp-python's own printer, so
+``verbose`` keeps its meaning). Captures nest and are per thread, so a server thread loading a
+model does not steal lines from the main thread's capture.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+WARN = 3  # ggml_log_level as llama.cpp numbers it now: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+ERROR = 4
+CONT = 5
+
+_local = threading.local()
+_installed: list[Any] = []  # keeps the ctypes callback alive for as long as llama.cpp may call it
+_install_lock = threading.Lock()
+
+
+class LogCapture:
+    """The lines llama.cpp logged while the capture was active (continuations joined to their line)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def add(self, level: int, text: str) -> None:
+        if level == CONT and self.lines:
+            last_level, last = self.lines[-1]
+            self.lines[-1] = (last_level, last + text)
+        else:
+            self.lines.append((level, text))
+
+    def problems(self) -> list[str]:
+        """Warning and error lines, whitespace-normalised, in order: what a failed load explains itself with."""
+        return [" ".join(text.split()) for level, text in self.lines if level in (WARN, ERROR) and text.strip()]
+
+    def text(self) -> str:
+        return "".join(text for _, text in self.lines)
+
+
+def _stack() -> list[LogCapture]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def _install() -> None:
+    """Route llama.cpp's log through the router (set again each time: older code elsewhere may have
+    put llama-cpp-python's printer back in the meantime)."""
+    import llama_cpp
+
+    with _install_lock:
+        if _installed:
+            llama_cpp.llama_log_set(_installed[0], ctypes.c_void_p(0))
+            return
+        from llama_cpp import _logger
+
+        fallback = _logger.llama_log_callback
+
+        @llama_cpp.llama_log_callback
+        def route(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            stack = getattr(_local, "stack", None)
+            if stack:
+                stack[-1].add(int(level), text.decode("utf-8", errors="replace"))
+            else:
+                fallback(level, text, user_data)
+
+        llama_cpp.llama_log_set(route, ctypes.c_void_p(0))
+        _installed.append(route)
+
+
+@contextmanager
+def captured_log() -> Iterator[LogCapture]:
+    """Collect llama.cpp's log lines of this thread while the block runs."""
+    _install()
+    capture = LogCapture()
+    stack = _stack()
+    stack.append(capture)
+    try:
+        yield capture
+    finally:
+        stack.remove(capture)
