@@ -35,7 +35,7 @@ def _reference(path, prompts, max_tokens, **sampling):
     """(create_completion text, its completion token count, generate ids) per prompt, each from a fresh state."""
     from llama_cpp import Llama
 
-    llm = Llama(str(path), n_ctx=1024, verbose=False, seed=0)
+    llm = Llama(str(path), n_ctx=1024, n_threads=1, n_threads_batch=1, verbose=False, seed=0)
     settings = dict(top_k=40, top_p=1.0, min_p=0.0, repeat_penalty=1.0, temp=0.0)
     settings.update(sampling)
     out = []
@@ -97,7 +97,7 @@ def test_eight_prompts_batched_equal_llama_one_at_a_time(models, outtype):
     path, model, reference = models(outtype)
     requests = [Request(model.vocab.tokenize(p.encode("utf-8")), n, tag=i)
                 for i, (p, n) in enumerate(zip(PROMPTS, MAX_TOKENS))]
-    with BatchedDecoder(model, n_seq=3, n_ctx_seq=512, n_batch=64) as decoder:  # 3 slots: reused
+    with BatchedDecoder(model, n_seq=3, n_ctx_seq=512, n_batch=64, threads=1) as decoder:  # 3 slots: reused
         seen_seqs = []
         streamed = {i: "" for i in range(len(PROMPTS))}
 
@@ -126,7 +126,7 @@ def test_sampled_continuations_equal_llama_with_the_same_seeds(tiny_gguf, llama_
                  for p, n, s in zip(prompts, limits, seeds)]
     model = Model(path)
     try:
-        with BatchedDecoder(model, n_seq=4, n_ctx_seq=256) as decoder:
+        with BatchedDecoder(model, n_seq=4, n_ctx_seq=256, threads=1) as decoder:
             got = decoder.run([Request(model.vocab.tokenize(p.encode()), n,
                                        SamplingParams(temperature=1.0, top_p=0.9, top_k=0, seed=s))
                                for p, n, s in zip(prompts, limits, seeds)])
@@ -143,7 +143,7 @@ def test_a_prompt_that_does_not_fit_is_refused_alone(models):
     too_long = model.vocab.tokenize(("word " * 200).encode())
     picked = [0, 1, 7]
     requests = [Request(model.vocab.tokenize(PROMPTS[i].encode()), MAX_TOKENS[i]) for i in picked]
-    with BatchedDecoder(model, n_seq=2, n_ctx_seq=128) as decoder:
+    with BatchedDecoder(model, n_seq=2, n_ctx_seq=128, threads=1) as decoder:
         out = decoder.run(requests[:1] + [Request(too_long, 10)] + requests[1:])
     refused = out.pop(1)
     assert refused.finish_reason == "refused" and "128" in refused.error and refused.token_ids == []
@@ -155,7 +155,7 @@ def test_cancelling_one_stream_leaves_the_others_exact(models):
 
     _, model, reference = models("q8_0")
     picked = [0, 2, 6]
-    with BatchedDecoder(model, n_seq=3, n_ctx_seq=256) as decoder:
+    with BatchedDecoder(model, n_seq=3, n_ctx_seq=256, threads=1) as decoder:
         handles = [decoder.submit(Request(model.vocab.tokenize(PROMPTS[i].encode()), MAX_TOKENS[i], tag=i))
                    for i in picked]
         victim = handles[1]
@@ -176,7 +176,7 @@ def test_stop_strings_cut_the_reply_as_create_completion_does(tiny_gguf, llama_c
     from cvlocal.llama import BatchedDecoder, Model, Request
 
     path = tiny_gguf("llama3", "q8_0")
-    llm = Llama(str(path), n_ctx=512, verbose=False, seed=0)
+    llm = Llama(str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, seed=0)
     try:
         full = llm.create_completion(PROMPTS[6], max_tokens=40, temperature=0.0, top_k=40, top_p=1.0, min_p=0.0,
                                      repeat_penalty=1.0)["choices"][0]["text"]
@@ -188,7 +188,7 @@ def test_stop_strings_cut_the_reply_as_create_completion_does(tiny_gguf, llama_c
         llm.close()
     model = Model(path)
     try:
-        with BatchedDecoder(model, n_seq=2, n_ctx_seq=256) as decoder:
+        with BatchedDecoder(model, n_seq=2, n_ctx_seq=256, threads=1) as decoder:
             got = decoder.run([Request(model.vocab.tokenize(PROMPTS[6].encode()), 40, stop_texts=(stop,)),
                                Request(model.vocab.tokenize(PROMPTS[1].encode()), 5)])
     finally:

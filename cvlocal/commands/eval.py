@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp and the classifier")
     p.add_argument("--ctx", type=int, default=4096, help="context window in tokens (default 4096)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (default 0)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="sequences decoded together in one batch (default: as many as a quarter of the free "
+                        "memory holds at --ctx, up to 8; 1: one at a time)")
     p.add_argument("--chat-format", default=None, metavar="NAME",
                    help="override the chat template stored in the GGUFs (as in cvlocal chat)")
     p.add_argument("--suites-dir", type=Path, default=SUITES_DIR, metavar="DIR",
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.evaluation.scoring import parse_scorer_spec
     from cvlocal.evaluation.table import print_table
 
+    if args.parallel is not None and args.parallel < 1:
+        raise UsageError(f"--parallel must be at least 1 (got {args.parallel})", fix="pass --parallel N with N >= 1")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
     request = EvalRequest(
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         n_gpu_layers=args.n_gpu_layers,
         suites_dir=args.suites_dir,
         quiet=args.quiet,
+        parallel=args.parallel,
     )
     try:
         report = run_evaluation(request)

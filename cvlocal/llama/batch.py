@@ -80,11 +80,13 @@ class Completion:
 
 @dataclass
 class Event:
-    """New text of one request (``done`` is set on its last event)."""
+    """New text of one request: ``token`` is the token it came from (None on an event that only
+    ends the request, or flushes held-back text); ``done`` is set on the request's last event."""
 
     handle: "Handle"
     text: str = ""
     done: Completion | None = None
+    token: int | None = None
 
 
 class Handle:
@@ -348,7 +350,7 @@ class BatchedDecoder:
             return [self._finish(slot, "stop")]
         slot.generated.append(token)
         text = self._emit(slot, slot.scanner.feed(slot.utf8.feed(self.vocab.piece(token))))
-        events = [Event(slot.handle, text)] if text else []
+        events = [Event(slot.handle, text, token=token)]
         if slot.scanner.stopped:
             events.append(self._finish(slot, "stop"))
         elif len(slot.generated) >= slot.max_tokens:

@@ -10,6 +10,7 @@ model does not steal lines from the main thread's capture.
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -63,13 +64,19 @@ def _install() -> None:
         from llama_cpp import _logger
 
         fallback = _logger.llama_log_callback
+        last = [0]
 
         @llama_cpp.llama_log_callback
         def route(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             stack = getattr(_local, "stack", None)
             if stack:
                 stack[-1].add(int(level), text.decode("utf-8", errors="replace"))
-            else:
+                return
+            # Outside a capture: llama-cpp-python's printer when it is verbose, else warnings and errors only
+            # (its printer alone would print every info line until some Llama(verbose=False) quiets it).
+            shown = level if level != CONT else last[0]
+            last[0] = shown
+            if _logger.logger.isEnabledFor(logging.DEBUG) or shown in (WARN, ERROR):
                 fallback(level, text, user_data)
 
         llama_cpp.llama_log_set(route, ctypes.c_void_p(0))
