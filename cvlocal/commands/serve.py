@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model-alias", default=None, metavar="NAME", help="model id clients use (default: file stem)")
     p.add_argument("--api-key", default=None, metavar="KEY", help="require this bearer key from clients")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="requests decoded together in one batch, each with --ctx tokens (default 1: "
+                        "llama-cpp-python's server, one request at a time)")
     p.set_defaults(func=run)
 
 
@@ -41,10 +44,19 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         ui.warn(f"listening on {args.host}: other machines can reach this server"
                 + ("" if args.api_key else " and it has no --api-key"))
+    if args.parallel < 1:
+        raise UsageError(f"--parallel must be at least 1 (got {args.parallel})", fix="pass --parallel N with N >= 1")
     with ui.maybe_status(f"loading {args.model.name}", args.quiet):
-        app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                        chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
-                        host=args.host, port=args.port, api_key=args.api_key)
+        if args.parallel > 1:
+            from cvlocal.chat.batched_server import build_batched_app
+
+            app = build_batched_app(args.model, parallel=args.parallel, ctx=args.ctx, threads=args.threads,
+                                    n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, seed=args.seed,
+                                    model_alias=args.model_alias, api_key=args.api_key)
+        else:
+            app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                            chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
+                            host=args.host, port=args.port, api_key=args.api_key)
     ui.say(f"serving {args.model.name} (template {template.source}) on http://{args.host}:{args.port}/v1 "
            "— Ctrl-C stops", args.quiet)
     serve(app, args.host, args.port, quiet=args.quiet)
