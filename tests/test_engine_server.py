@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,19 +17,12 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_serve import ROOT, free_port  # noqa: E402
+
 QUESTIONS = ["臺灣的首都是哪裡？", "What is a chat vector?", "Say hello.", "한국어로 인사해 주세요.",
              "Write a haiku about the sea.", "1 2 3 4 5", "日本語で自己紹介をしてください。", "Why is the sky blue?"]
 LIMITS = [12, 4, 8, 14, 6, 10, 5, 13]
 SETTINGS = dict(temperature=0.0, top_p=0.95)  # greedy; top_k 40, min_p 0.05, repeat_penalty 1.1: the defaults
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

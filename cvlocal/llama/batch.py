@@ -51,7 +51,7 @@ class Request:
 
     prompt: Sequence[int]
     max_tokens: int
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_ids: frozenset[int] = frozenset()
     stop_texts: tuple[str, ...] = ()
     stop_at_eog: bool = True
@@ -266,7 +266,7 @@ class BatchedDecoder:
     def _start(self, seq: int, handle: Handle) -> None:
         request = handle.request
         room = self.n_ctx_seq - len(request.prompt)
-        slot = _Slot(seq=seq, handle=handle, sampler=SamplerChain(self._n_vocab, request.sampling),
+        slot = _Slot(seq=seq, handle=handle, sampler=SamplerChain(self._n_vocab, SamplingParams.like(request.sampling)),
                      max_tokens=min(request.max_tokens, room), tokens=[int(t) for t in request.prompt],
                      scanner=StopScanner(request.stop_texts), leading=request.strip_leading,
                      t0=time.perf_counter())

@@ -11,19 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cvlocal.chat.generation import Sampling
+
 PENALTY_LAST_N = 64  # Llama's last_n_tokens_size default
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one sequence picks its tokens; temperature 0 is greedy (the other settings then do nothing)."""
+@dataclass
+class SamplingParams(Sampling):
+    """The chat's :class:`~cvlocal.chat.generation.Sampling` (temperature 0 is greedy, the other settings then
+    do nothing) plus the rest of what ``Llama`` chains: typical-p and the frequency and presence penalties."""
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int = 0
     typical_p: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
@@ -33,8 +30,7 @@ class SamplingParams:
         """From any object with the same attribute names (the chat's ``Sampling``, a request)."""
         if isinstance(other, cls):
             return other
-        names = cls.__dataclass_fields__
-        return cls(**{n: getattr(other, n) for n in names if hasattr(other, n)})
+        return cls(**{n: getattr(other, n) for n in cls.__dataclass_fields__ if hasattr(other, n)})
 
 
 class SamplerChain:
