@@ -5,11 +5,11 @@ weights (most machines, most models), one ``llama_decode`` over several sequence
 for all, so throughput grows with the batch. This is that loop on the low-level API:
 
 * one context with ``n_seq_max`` sequences, each in its own KV stream of ``n_ctx_seq`` cells
-  (``kv_unified`` off), so a sequence's cells sit where they would if it ran alone, and at q8_0,
-  q4_0 and float types its logits are the ones the one-at-a-time path gives;
-* each step builds one ``llama_batch``: the next token of every running sequence, then prompt
-  chunks of new sequences in the room left (``n_batch``), so prompt processing is interleaved with
-  decoding instead of stalling it;
+  (``kv_unified`` off), so a sequence's cells sit where they would if it ran alone, and at f16 and
+  q8_0 (the tests check it) its tokens are the ones the one-at-a-time path gives;
+* each step builds one ``llama_batch``: the next token of every running sequence, or one prompt
+  chunk (up to ``n_batch`` tokens) of a new sequence, taking turns, so prompt processing is
+  interleaved with decoding instead of stalling it;
 * continuous batching: a sequence that finishes (a stop id, a stop string, ``max_tokens``, or a
   cancel) is removed from the KV cache with ``llama_memory_seq_rm`` and its slot takes the next
   queued request at the next step;
@@ -299,10 +299,10 @@ class BatchedDecoder:
         """The next batch; (tokens, [(logit index, slot)]).
 
         Either the next token of every running sequence, or one prompt chunk of one new sequence,
-        alternating when both wait (so a new prompt never stalls the running ones for long). A chunk
-        is cut where ``Llama.eval`` cuts (every ``n_batch`` tokens from where the prompt starts) and
-        goes alone: not every kernel is batch-size invariant (f16's matrix products are not), and
-        only the same chunks give the one-at-a-time path's logits.
+        alternating when both wait (so a new prompt never stalls the running ones for long). With one
+        KV stream per sequence llama.cpp splits a mixed batch into the same two passes anyway (its
+        equal split takes one token per sequence, then the rest of the chunk), so nothing is lost, and
+        a chunk alone is cut exactly where ``Llama.eval`` cuts it (every ``n_batch`` tokens).
         """
         b = self._batch
         slots = [s for s in self._slots if s is not None]
