@@ -12,6 +12,11 @@ are generated three ways, in one process, one after the other, model load exclud
   sampling and seeds) and ``create_chat_completion`` turn by turn for the chat suites (its own
   Jinja formatter of the GGUF template), greedy; the floor of what one-at-a-time costs.
 
+With ``--serve TYPE``: 8 concurrent streaming ``openai`` clients against ``cvlocal serve --parallel
+N`` and against llama-cpp-python's own server (``interrupt_requests`` off, so it completes every
+request) on the same GGUF: aggregate streamed chunks per second (about one per token), time to
+first token and latency (p50, p95), failed requests.
+
 Figures: wall seconds, items per minute, generated tokens per second, and the share of outputs of
 ``parallel N`` identical to ``parallel 1`` (greedy chat replies and seeded samples apart). The GGUFs
 are converted from the synthetic chat model of ``benchmarks/synthetic.py`` (random weights).
@@ -143,6 +148,102 @@ def bench_type(path: Path, items: list, settings: Any, parallel: int, threads: i
     }
 
 
+SERVE_QUESTIONS = ("Tell me about the weather today.", "請用繁體中文介紹台灣的夜市。", "Write three short lines about the sea.",
+                   "한국어로 인사해 주세요.", "日本語で自己紹介をしてください。", "Give me a list of five fruits.",
+                   "为什么天空是蓝色的？", "Summarise the plot of a film you like.")
+
+
+def _start_server(command: list[str], port: int) -> Any:
+    import subprocess
+
+    import openai
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=600, max_retries=0)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.models.list()
+            return proc, client
+        except openai.APIConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {' '.join(command)}") from None
+            time.sleep(0.3)
+
+
+def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
+    """8 concurrent streaming clients: aggregate tok/s, time to first token and latency (p50, p95)."""
+    import statistics
+    import threading
+
+    results: list[tuple[float, float, int]] = []
+    failed: list[str] = []
+    barrier = threading.Barrier(len(SERVE_QUESTIONS))
+
+    def ask(question: str) -> None:
+        try:
+            barrier.wait()
+            t0 = time.perf_counter()
+            first, n = None, 0
+            for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                         max_tokens=max_tokens, temperature=0.0, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first = first or time.perf_counter() - t0
+                    n += 1
+            results.append((first or 0.0, time.perf_counter() - t0, n))
+        except Exception as err:  # noqa: BLE001  (counted as a failed request)
+            failed.append(str(err))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=ask, args=(q,)) for q in SERVE_QUESTIONS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))], 3) if values else 0.0
+
+    ttft, latency = [r[0] for r in results], [r[1] for r in results]
+    return {"wall_seconds": round(wall, 3), "streamed_chunks": sum(r[2] for r in results),
+            "aggregate_chunks_per_second": round(sum(r[2] for r in results) / wall, 1),
+            "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95), "latency_p50": pct(latency, 0.5),
+            "latency_p95": pct(latency, 0.95), "failed": len(failed),
+            "ttft_median_all": round(statistics.median(ttft), 3) if ttft else None}
+
+
+def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_tokens: int) -> dict[str, Any]:
+    """``cvlocal serve --parallel N`` against llama-cpp-python's server (interrupt_requests off), same GGUF."""
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    thread_args = ["--threads", str(threads)] if threads else []
+    out = {}
+    p = port()
+    mine = [sys.executable, "-m", "cvlocal", "serve", str(path), "--port", str(p), "--ctx", str(ctx), "--parallel",
+            str(parallel), "--quiet", *thread_args]
+    q = port()
+    theirs = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--port", str(q), "--n_ctx", str(ctx),
+              "--interrupt_requests", "False", "--model_alias", path.stem]
+    if threads:
+        theirs += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    for name, command, at in ((f"cvlocal serve --parallel {parallel}", mine, p), ("llama-cpp-python server", theirs, q)):
+        proc, client = _start_server(command, at)
+        try:
+            out[name] = _clients(client, path.stem, max_tokens)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return out
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Batched eval generation ({result['size']}, {result['parallel']} sequences, "
              f"{result['threads'] or 'default'} threads, max tokens {result['max_tokens'] or 'per suite'})", "",
@@ -157,6 +258,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                          f"{row['tokens_per_second']} | {same} |")
         lines.append(f"| {outtype} | speed-up | x{r['speedup_vs_parallel_1']} vs parallel 1 | "
                      f"x{r['speedup_vs_bare']} vs bare | | |")
+    if result.get("serve"):
+        lines += ["", f"## Server: {len(SERVE_QUESTIONS)} concurrent streaming clients ({result['serve_type']})", "",
+                  "| server | wall s | chunks/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 | failed |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, r in result["serve"].items():
+            lines.append(f"| {name} | {r['wall_seconds']} | {r['aggregate_chunks_per_second']} | {r['ttft_p50']} | "
+                         f"{r['ttft_p95']} | {r['latency_p50']} | {r['latency_p95']} | {r['failed']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--serve", default=None, metavar="TYPE", help="also the server comparison on this GGUF type")
+    p.add_argument("--no-eval", action="store_true", help="only the server comparison")
     args = p.parse_args(argv)
     cache = args.cache or synthetic.default_cache()
     suite_items = load_suites(list(SUITES), args.langs.split(","), SUITES_DIR, args.limit)
@@ -184,10 +294,15 @@ def main(argv: list[str] | None = None) -> int:
                                          ctx=args.ctx)
     result: dict[str, Any] = {"size": args.size, "parallel": args.parallel, "threads": args.threads,
                               "max_tokens": args.max_tokens, "limit": args.limit, "langs": args.langs, "types": {}}
-    for outtype in args.types.split(","):
+    for outtype in [] if args.no_eval else args.types.split(","):
         path = build_gguf(args.size, outtype, cache)
         print(f"{outtype}: {len(items)} items on {path}", file=sys.stderr)
         result["types"][outtype] = bench_type(path, items, settings, args.parallel, args.threads)
+    if args.serve:
+        path = build_gguf(args.size, args.serve, cache)
+        print(f"server: {path}", file=sys.stderr)
+        result["serve_type"] = args.serve
+        result["serve"] = bench_serve(path, args.parallel, args.threads, args.ctx, args.max_tokens or 64)
     out = args.out or cache / "results" / args.size
     out.mkdir(parents=True, exist_ok=True)
     (out / "batched.json").write_text(json.dumps(result, indent=2) + "\n")
