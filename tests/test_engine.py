@@ -235,3 +235,43 @@ def test_bad_gguf_files_are_usage_errors_with_llamas_reason(tmp_path, tiny_gguf,
             Model(truncated)
     assert str(truncated) in str(info.value)
     assert outer.lines == []  # the load's own capture took the lines; the outer one saw none
+
+
+def test_kept_cells_continue_a_conversation_as_llama_does(tiny_gguf, llama_cpp):
+    """keep_finished: the next turn reuses the cells its last reply was decoded into (Llama's prefix rule)."""
+    from llama_cpp import Llama
+
+    from cvlocal.llama import BatchedDecoder, Model, Request
+
+    path = tiny_gguf("llama3", "q8_0")
+    llm = Llama(str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    greedy = dict(top_k=40, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0)
+
+    def generate(tokens, n):
+        out, stream = [], llm.generate(tokens, **greedy)
+        for token in stream:
+            out.append(int(token))
+            if len(out) == n:
+                break
+        stream.close()
+        return out
+
+    try:
+        first = llm.tokenize(PROMPTS[2].encode())
+        reply = generate(first, 9)
+        second = first + reply + llm.tokenize(" And then?".encode(), add_bos=False)
+        expected = generate(second, 12)  # Llama keeps first + reply[:-1] and evaluates the rest
+    finally:
+        llm.close()
+    model = Model(path)
+    try:
+        with BatchedDecoder(model, n_seq=2, n_ctx_seq=256, threads=1, keep_finished=True) as decoder:
+            one = decoder.run([Request(first, 9, stop_at_eog=False, affinity="a")])[0]
+            assert one.token_ids == reply and decoder.seq_pos_max(0) == len(first) + 9 - 2  # kept, not freed
+            other = decoder.run([Request(model.vocab.tokenize(PROMPTS[1].encode()), 3, affinity="b")])[0]
+            two = decoder.run([Request(second, 12, stop_at_eog=False, affinity="a")])[0]
+    finally:
+        model.close()
+    assert other.reused_prompt_tokens == 0
+    assert two.token_ids == expected
+    assert two.reused_prompt_tokens == len(first) + 9 - 1

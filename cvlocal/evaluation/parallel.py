@@ -57,9 +57,6 @@ class ParallelBackend(LlamaBackend):
         self.template_warning = None
         self.n_seq = n_seq
 
-    def reset(self) -> None:
-        """Nothing carries over between sequences of the shared decoder."""
-
     def generate_items(self, items: Sequence[Item], settings: GenerationSettings, on_record: RecordHook) -> None:
         """Generate ``items`` ``n_seq`` at a time; ``on_record`` gets each record in this thread."""
         last = time.perf_counter()

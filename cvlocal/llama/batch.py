@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from cvlocal.chat.stops import StopScanner
+from cvlocal.chat.utf8 import Utf8Stream
 from cvlocal.errors import WorkError
 from cvlocal.llama.log import captured_log
 from cvlocal.llama.model import DEFAULT_BATCH, Model
 from cvlocal.llama.sampling import SamplerChain, SamplingParams
-from cvlocal.llama.tokens import TextStream
 
 FinishReason = Literal["stop", "length", "cancelled", "refused"]
 SHARE_PREFIX_MIN = 16  # shorter common prefixes are cheaper to evaluate than to copy a KV stream
@@ -57,6 +57,8 @@ class Request:
     stop_at_eog: bool = True
     strip_leading: bool = False
     tag: Any = None
+    affinity: Any = None  # requests with the same affinity prefer the same slot (its kept cells, see keep_finished)
+    reuse_kept: bool = True  # False: evaluate the whole prompt even where a slot's kept cells match (Llama.reset())
 
 
 @dataclass
@@ -121,7 +123,7 @@ class _Slot:
     next_token: int | None = None
     generated: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
-    utf8: TextStream = field(default_factory=TextStream)
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
     scanner: StopScanner = field(default_factory=lambda: StopScanner(()))
     leading: bool = False
     t0: float = 0.0
@@ -141,10 +143,19 @@ class BatchedDecoder:
 
     Use :meth:`run` for a list of requests, or :meth:`submit` and :meth:`events` (or :meth:`step`)
     to stream. Not thread-safe: one thread drives it.
+
+    ``keep_finished``: a finished sequence's cells stay in its (free) slot, as ``Llama`` keeps its
+    last prompt and reply, and the next request placed there reuses the longest common prefix
+    (``Llama.generate``'s rule). A dialogue's next turn then continues from the KV cells its
+    last reply was decoded into, as on the one-at-a-time path, instead of evaluating that reply again
+    as a prompt (which gives slightly different cells: prompt chunks and single-token steps do not
+    run the same kernels). Memory stays bounded (at most ``n_seq`` streams); off, a finished
+    sequence's cells are freed at once.
     """
 
     def __init__(self, model: Model, *, n_seq: int, n_ctx_seq: int, threads: int | None = None,
-                 n_batch: int = DEFAULT_BATCH, share_prefix_min: int = SHARE_PREFIX_MIN) -> None:
+                 n_batch: int = DEFAULT_BATCH, share_prefix_min: int = SHARE_PREFIX_MIN,
+                 keep_finished: bool = False) -> None:
         import llama_cpp
 
         if n_seq < 1 or n_ctx_seq < 1:
@@ -166,6 +177,10 @@ class BatchedDecoder:
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._n_vocab = self.vocab.n_vocab()
         self._slots: list[_Slot | None] = [None] * n_seq
+        self.keep_finished = keep_finished
+        self._kept: list[list[int]] = [[] for _ in range(n_seq)]  # tokens a free slot's cells still hold
+        self._owner: list[Any] = [None] * n_seq  # affinity of the slot's last request
+        self._freed_at: list[int] = [0] * n_seq  # decode call count when the slot was last freed (LRU)
         self._queue: deque[Handle] = deque()
         self._done: list[Event] = []
         self._submitted = 0
@@ -255,13 +270,33 @@ class BatchedDecoder:
 
     # ----- internals -----
     def _admit(self) -> None:
-        for seq in range(self.n_seq):
-            while self._slots[seq] is None and self._queue:
-                handle = self._queue.popleft()
-                if handle.cancelled:
-                    self._finish_unstarted(handle, "cancelled", None)
-                    continue
-                self._start(seq, handle)
+        while self._queue and None in self._slots:
+            handle = self._queue.popleft()
+            if handle.cancelled:
+                self._finish_unstarted(handle, "cancelled", None)
+                continue
+            self._start(self._pick_slot(handle.request), handle)
+
+    def _pick_slot(self, request: Request) -> int:
+        """A free slot: the one whose kept cells share the longest prefix with the prompt (when that is
+        worth it), else the last slot of the request's affinity, else an empty one, else the one freed
+        longest ago (a kept conversation is overwritten last)."""
+        free = [seq for seq, slot in enumerate(self._slots) if slot is None]
+        prompt = request.prompt
+
+        def shared(seq: int) -> int:
+            kept, n = self._kept[seq], 0
+            top = min(len(kept), len(prompt))
+            while n < top and kept[n] == prompt[n]:
+                n += 1
+            return n
+
+        best = max(free, key=shared)
+        if request.reuse_kept and shared(best) >= self.share_prefix_min:
+            return best
+        mine = [seq for seq in free if request.affinity is not None and self._owner[seq] == request.affinity]
+        empty = [seq for seq in free if not self._kept[seq]]
+        return (mine or empty or sorted(free, key=lambda seq: self._freed_at[seq]))[0]
 
     def _start(self, seq: int, handle: Handle) -> None:
         request = handle.request
@@ -272,6 +307,17 @@ class BatchedDecoder:
                      t0=time.perf_counter())
         handle.seq = seq
         self._slots[seq] = slot
+        self._owner[seq] = request.affinity
+        kept, self._kept[seq] = self._kept[seq], []
+        if kept and not request.reuse_kept:
+            self._lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        elif kept:
+            n = 0
+            while n < min(len(kept), slot.prompt_len) and kept[n] == slot.tokens[n]:
+                n += 1
+            n = min(n, slot.prompt_len - 1)  # the last prompt token is evaluated again: its logits are needed
+            self._lib.llama_memory_seq_rm(self.memory, seq, n if n > 0 else -1, -1)
+            slot.n_past = slot.reused = max(n, 0)
         if slot.max_tokens <= 0:
             self._done.append(self._finish(slot, "length"))
 
@@ -376,9 +422,13 @@ class BatchedDecoder:
         if not slot.scanner.stopped:
             tail = self._emit(slot, slot.scanner.feed(slot.utf8.flush()))
             tail += self._emit(slot, slot.scanner.flush())
-        self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+        if self.keep_finished:
+            self._kept[slot.seq] = slot.tokens[:slot.n_past]
+        else:
+            self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
         slot.sampler.close()
         self._slots[slot.seq] = None
+        self._freed_at[slot.seq] = self.decode_calls
         end = time.perf_counter()
         completion = Completion(
             tag=slot.handle.tag, text="".join(slot.pieces), token_ids=list(slot.generated), finish_reason=reason,

@@ -10,8 +10,9 @@ the one-at-a-time logits (f16, q8_0, q4_0 on CPU).
 
 Only what those callers use is provided: ``tokenize``/``detokenize``, ``metadata``, ``n_vocab``,
 ``token_bos``/``token_eos``, ``_model``, ``n_ctx``, ``input_ids`` (for its length), ``ctx`` (for
-llama.cpp's performance counters), ``set_seed`` (per thread), ``reset`` (nothing to forget: every
-sequence starts from an empty KV stream) and ``generate``.
+llama.cpp's performance counters), ``set_seed`` and ``reset`` (per thread) and ``generate``. As
+with ``Llama``, a thread's next prompt reuses the cells of its last prompt and reply where they
+match, unless it called ``reset`` in between.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 from cvlocal.llama.batch import BatchedDecoder, Handle, Request
 from cvlocal.llama.model import Model
 from cvlocal.llama.sampling import SamplingParams
+from cvlocal.llama.tokens import Vocab
 
 _END = None  # queued after a sequence's last token
 
@@ -46,15 +48,15 @@ class _Pending:
             self.handle.cancel()
 
 
-class SharedLlama:
+class SharedLlama(Vocab):
     """``n_seq`` sequences of ``n_ctx`` tokens, fed by any number of threads (see the module doc)."""
 
     def __init__(self, model: Model, *, n_seq: int, n_ctx: int, threads: int | None = None) -> None:
+        super().__init__(model.native)
         self.model = model
         self.model_path = str(model.path)
-        self._vocab = model.vocab
-        self._model = model.native
-        self.decoder = BatchedDecoder(model, n_seq=n_seq, n_ctx_seq=n_ctx, threads=threads)
+        # Finished sequences keep their cells, so a caller's next turn continues from them as on Llama.
+        self.decoder = BatchedDecoder(model, n_seq=n_seq, n_ctx_seq=n_ctx, threads=threads, keep_finished=True)
         self.ctx = self.decoder.ctx
         self.input_ids = np.zeros(n_ctx, dtype=np.intc)  # callers size their room by its length
         self._n_ctx = n_ctx
@@ -65,26 +67,7 @@ class SharedLlama:
         self._driver = threading.Thread(target=self._drive, name="cvlocal-decoder", daemon=True)
         self._driver.start()
 
-    # ----- what callers of Llama use -----
-    @property
-    def metadata(self) -> dict[str, str]:
-        return self._vocab.metadata
-
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        return self._vocab.tokenize(text, add_bos=add_bos, special=special)
-
-    def detokenize(self, tokens: Sequence[int], prev_tokens: Any = None, special: bool = False) -> bytes:
-        return self._vocab.detokenize(tokens, special=special)
-
-    def n_vocab(self) -> int:
-        return self._vocab.n_vocab()
-
-    def token_bos(self) -> int:
-        return self._vocab.token_bos()
-
-    def token_eos(self) -> int:
-        return self._vocab.token_eos()
-
+    # ----- what callers of Llama use (tokenize, detokenize, metadata, n_vocab, token_bos/eos: Vocab's) -----
     def n_ctx(self) -> int:
         return self._n_ctx
 
@@ -92,7 +75,8 @@ class SharedLlama:
         self._local.seed = int(seed)
 
     def reset(self) -> None:
-        """Nothing to do: each generation is a new sequence in an emptied KV stream."""
+        """As ``Llama.reset``: this thread's next generation evaluates its whole prompt."""
+        self._local.fresh = True
 
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
@@ -103,7 +87,10 @@ class SharedLlama:
                                 typical_p=typical_p, frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty)
         prompt = [int(t) for t in tokens]
-        request = Request(prompt, max_tokens=max(self._n_ctx - len(prompt), 0), sampling=params, stop_at_eog=False)
+        fresh, self._local.fresh = getattr(self._local, "fresh", False), False
+        # One thread is one conversation: its requests prefer the slot its last reply's cells are in.
+        request = Request(prompt, max_tokens=max(self._n_ctx - len(prompt), 0), sampling=params, stop_at_eog=False,
+                          affinity=threading.get_ident(), reuse_kept=not fresh)
         return self._stream(_Pending(request))
 
     def _stream(self, pending: _Pending) -> Iterator[int]:

@@ -1,14 +1,13 @@
-"""Tokenization and detokenization through llama.cpp's vocabulary, with UTF-8-safe streaming.
+"""Tokenization and detokenization through llama.cpp's vocabulary.
 
 :class:`Vocab` answers what the chat-template code asks of a ``Llama`` (``tokenize``,
 ``detokenize``, ``metadata``, ``n_vocab``, ``token_bos``/``token_eos``, ``_model``), so templates
-render the same prompt tokens here as there. :class:`TextStream` turns a token stream into text
-that never splits a character: a byte-level BPE or byte-fallback token can end inside a
-multi-byte character (a CJK character is three bytes, often spread over two or three tokens).
+render the same prompt tokens here as there. Streamed text goes through the chat's
+:class:`~cvlocal.chat.utf8.Utf8Stream` (whole characters only: a byte-level BPE or byte-fallback
+token can end inside a multi-byte character).
 """
 from __future__ import annotations
 
-import codecs
 from typing import Any, Sequence
 
 
@@ -57,20 +56,3 @@ class Vocab:
         import llama_cpp
 
         return bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
-
-
-class TextStream:
-    """Feed token bytes, get back complete characters only; invalid bytes become U+FFFD (a model
-    can emit any byte token, and a stream must not crash on it)."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, data: bytes) -> str:
-        return self._decoder.decode(data, final=False)
-
-    def flush(self) -> str:
-        """End of stream: an unfinished character becomes U+FFFD."""
-        text = self._decoder.decode(b"", final=True)
-        self._decoder.reset()
-        return text
