@@ -153,12 +153,14 @@ SERVE_QUESTIONS = ("Tell me about the weather today.", "請用繁體中文介紹
                    "为什么天空是蓝色的？", "Summarise the plot of a film you like.")
 
 
-def _start_server(command: list[str], port: int) -> Any:
+def start_server(command: list[str], port: int, log: Any = None) -> Any:
+    """Start a server process and wait (up to 120 s) until ``/v1/models`` answers; (process, openai client)."""
     import subprocess
 
     import openai
 
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    out = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if log is not None else out, cwd=ROOT)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=600, max_retries=0)
     deadline = time.monotonic() + 120
     while True:
@@ -235,7 +237,7 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
     if threads:
         theirs += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     for name, command, at in ((f"cvlocal serve --parallel {parallel}", mine, p), ("llama-cpp-python server", theirs, q)):
-        proc, client = _start_server(command, at)
+        proc, client = start_server(command, at)
         try:
             out[name] = _clients(client, path.stem, max_tokens)
         finally:

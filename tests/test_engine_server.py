@@ -5,7 +5,6 @@ Truth: each reply equals what the one-at-a-time chat path (``ChatSession`` on ll
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from tests.test_serve import ROOT, free_port  # noqa: E402
+from tests.test_serve import free_port  # noqa: E402
 
 QUESTIONS = ["臺灣的首都是哪裡？", "What is a chat vector?", "Say hello.", "한국어로 인사해 주세요.",
              "Write a haiku about the sea.", "1 2 3 4 5", "日本語で自己紹介をしてください。", "Why is the sky blue?"]
@@ -27,26 +26,20 @@ SETTINGS = dict(temperature=0.0, top_p=0.95)  # greedy; top_k 40, min_p 0.05, re
 
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
+    from benchmarks.batched import start_server
+
     model = tiny_gguf("llama3", "q8_0")
     port = free_port()
     log = tmp_path_factory.mktemp("serve-parallel") / "server.log"
+    command = [sys.executable, "-m", "cvlocal", "serve", str(model), "--port", str(port), "--threads", "1",
+               "--ctx", "512", "--parallel", "4", "--quiet"]
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cvlocal", "serve", str(model), "--port", str(port),
-                                 "--threads", "1", "--ctx", "512", "--parallel", "4", "--quiet"],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120, max_retries=0)
-    deadline = time.monotonic() + 90
-    while True:
         try:
-            models = client.models.list()
-            break
-        except openai.APIConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the server did not start:\n{log.read_text()}")
-            time.sleep(0.3)
+            proc, client = start_server(command, port, out)
+        except RuntimeError:
+            pytest.fail(f"the server did not start:\n{log.read_text()}")
     try:
-        yield client, model, models
+        yield client, model, client.models.list()
     finally:
         proc.terminate()
         try:
