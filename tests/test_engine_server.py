@@ -108,3 +108,12 @@ def test_completions_and_errors_in_openai_form(server):
     assert done.object == "text_completion" and done.usage.completion_tokens <= 6
     with pytest.raises(openai.BadRequestError, match="context holds 512"):
         client.completions.create(model=model.stem, prompt="word " * 600, max_tokens=4)
+
+
+def test_parallel_must_be_positive(tmp_path):
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"GGUF" + bytes(64))
+    done = subprocess.run([sys.executable, "-m", "cvlocal", "serve", str(fake), "--parallel", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--parallel" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

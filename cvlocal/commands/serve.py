@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     check_ctx(args)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a port number", fix="Give 1-65535")
+    if args.parallel < 1:
+        raise UsageError(f"--parallel must be at least 1 (got {args.parallel})", fix="pass --parallel N with N >= 1")
     from cvlocal.session import check_gguf_path
 
     check_gguf_path(args.model)
@@ -44,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         ui.warn(f"listening on {args.host}: other machines can reach this server"
                 + ("" if args.api_key else " and it has no --api-key"))
-    if args.parallel < 1:
-        raise UsageError(f"--parallel must be at least 1 (got {args.parallel})", fix="pass --parallel N with N >= 1")
     with ui.maybe_status(f"loading {args.model.name}", args.quiet):
         if args.parallel > 1:
             from cvlocal.chat.batched_server import build_batched_app
