@@ -1,7 +1,7 @@
 """Opening a GGUF on llama.cpp's low-level API, with the settings llama-cpp-python's ``Llama`` uses.
 
 ``Llama(model_path, n_ctx=...)`` does not use llama.cpp's context defaults: it turns flash
-attention off (llama.cpp's default is "auto", which changes even a single sequence's logits), sets
+attention off (llama.cpp's default is "auto", reported in issue 14 to change a single sequence's logits), sets
 the YaRN factors and the thread counts its own way and batches by ``min(n_ctx, 512)``. A context
 made here copies those choices field by field, so one sequence decoded here gives the logits
 ``Llama`` gives, and several sequences decoded together are compared against the same thing.
