@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp and the classifier")
     p.add_argument("--ctx", type=int, default=4096, help="context window in tokens (default 4096)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (default 0)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="sequences decoded together in one batch (default: as many as a quarter of the free "
+                        "memory holds at --ctx, up to 8; 1: one at a time)")
     p.add_argument("--chat-format", default=None, metavar="NAME",
                    help="override the chat template stored in the GGUFs (as in cvlocal chat)")
     p.add_argument("--suites-dir", type=Path, default=SUITES_DIR, metavar="DIR",
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no model given", fix="pass one or more MODEL.gguf files, or --score-replies REPLIES.jsonl")
     if args.judge_labelled < 0:
         raise UsageError(f"--judge-labelled must be 0 or more (got {args.judge_labelled})", fix="pass --judge-labelled N")
+    if args.parallel is not None and args.parallel < 1:
+        raise UsageError(f"--parallel must be at least 1 (got {args.parallel})", fix="pass --parallel N with N >= 1")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
     at_least("--threads", args.threads)
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         suites_dir=args.suites_dir,
         quiet=args.quiet,
         judge_labelled=args.judge_labelled,
+        parallel=args.parallel,
     )
     try:
         report = run_evaluation(request)

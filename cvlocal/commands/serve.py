@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model-alias", default=None, metavar="NAME", help="model id clients use (default: file stem)")
     p.add_argument("--api-key", default=None, metavar="KEY", help="require this bearer key from clients")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="requests decoded together in one batch, each with --ctx tokens (default 1: "
+                        "llama-cpp-python's server, one request at a time)")
     p.set_defaults(func=run)
 
 
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     check_ctx(args)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a port number", fix="Give 1-65535")
+    if args.parallel < 1:
+        raise UsageError(f"--parallel must be at least 1 (got {args.parallel})", fix="pass --parallel N with N >= 1")
     from cvlocal.session import check_gguf_path
 
     if args.model_alias is not None and not args.model_alias.strip():
@@ -41,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     adapters = adapter_specs(args)
     template = probe_template(args.model, args.chat_format)
+    if adapters and args.parallel > 1:
+        raise UsageError("--adapter works with the one-request server only", args.adapter[0] if args.adapter else None,
+                         "Leave out --parallel, or serve a merged GGUF (cvlocal merge ... -o x.gguf) with --parallel N")
     sock = listen_socket(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
         if template.warning:
@@ -49,11 +57,21 @@ def run(args: argparse.Namespace) -> int:
             ui.warn(f"listening on {args.host}: other machines can reach this server"
                     + ("" if args.api_key else " and it has no --api-key"))
         with ui.maybe_status(f"loading {args.model.name}", args.quiet):
-            app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                            chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
-                            host=args.host, port=args.port, api_key=args.api_key, adapters=adapters)
+            if args.parallel > 1:
+                from cvlocal.chat.batched_server import build_batched_app
+                from cvlocal.chat.openai_edge import OpenAIEdge
+
+                inner = build_batched_app(args.model, parallel=args.parallel, ctx=args.ctx, threads=args.threads,
+                                          n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, seed=args.seed,
+                                          model_alias=args.model_alias, api_key=args.api_key)
+                app = OpenAIEdge(inner, alias=args.model_alias or args.model.stem, api_key=args.api_key)
+            else:
+                app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                                chat_format=args.chat_format, seed=args.seed, model_alias=args.model_alias,
+                                host=args.host, port=args.port, api_key=args.api_key, adapters=adapters)
         ui.say(f"serving {args.model.name} as {app.alias!r} (template {template.source}) on "
-               f"http://{args.host}:{args.port}/v1 — Ctrl-C stops", args.quiet)
+               f"http://{args.host}:{args.port}/v1 — Ctrl-C stops"
+               + (f", {args.parallel} requests decoded together" if args.parallel > 1 else ""), args.quiet)
         serve(app, sock, quiet=args.quiet)
     finally:
         sock.close()

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from cvlocal import ui
 from cvlocal.errors import UsageError
-from cvlocal.evaluation.backend import Backend, LlamaBackend
+from cvlocal.evaluation.backend import Backend
 from cvlocal.evaluation.cache import JsonlCache, safe_name, settings_key
 from cvlocal.evaluation.compare import compare_models
 from cvlocal.evaluation.files import require_gguf
@@ -62,6 +62,7 @@ class EvalRequest:
     suites_dir: Path = SUITES_DIR
     quiet: bool = False
     judge_labelled: int = 40  # labelled replies the judge also grades, to measure its agreement (0: none)
+    parallel: int | None = 1  # sequences decoded together; None: chosen from ctx and memory; 1: one at a time
 
 
 @dataclass
@@ -140,16 +141,25 @@ def _generate(request: EvalRequest, runs: Sequence[ModelRun], items: Sequence[It
             run.load_seconds = round(time.perf_counter() - start, 3)
             try:
                 busy = 0.0
-                for item in pending:
-                    rate = f" · {60.0 * run.generated_now / busy:.1f} items/min" if busy > 0 else ""
-                    progress.update(task, detail=f"{item.suite}{rate}")
-                    record = generate_item(backend, item, request.generation)
+
+                def keep(item: Item, record: dict[str, Any]) -> None:
+                    nonlocal busy
                     run.generations.append(record)
                     run.generated_now += 1
                     busy += record["seconds"]
+                    progress.update(task, detail=f"{item.suite} · {60.0 * run.generated_now / busy:.1f} items/min"
+                                    if busy > 0 else item.suite)
                     progress.advance(task)
                     if on_item is not None:
                         on_item(run.path, item, record)
+
+                if hasattr(backend, "generate_items"):  # --parallel: many items at once, records as they finish
+                    backend.generate_items(pending, request.generation, keep)
+                else:
+                    for item in pending:
+                        rate = f" · {60.0 * run.generated_now / busy:.1f} items/min" if busy > 0 else ""
+                        progress.update(task, detail=f"{item.suite}{rate}")
+                        keep(item, generate_item(backend, item, request.generation))
                 progress.update(task, detail="done")
             finally:
                 run.template_warning = getattr(backend, "template_warning", None)
@@ -293,7 +303,9 @@ def run_evaluation(request: EvalRequest, *, backend_factory: BackendFactory | No
     request.out.mkdir(parents=True, exist_ok=True)
     if backend_factory is None:
         def backend_factory(path: Path) -> Backend:
-            return LlamaBackend(path, ctx=request.generation.ctx, threads=request.threads,
+            from cvlocal.evaluation.parallel import open_backend
+
+            return open_backend(path, parallel=request.parallel, ctx=request.generation.ctx, threads=request.threads,
                                 n_gpu_layers=request.n_gpu_layers, chat_format=request.generation.chat_format)
     runs = _prepare_models(request)
     _generate(request, runs, items, backend_factory, on_item)

@@ -1,0 +1,317 @@
+"""Batched decoding in ``cvlocal eval``: ``--parallel N`` against ``--parallel 1`` and a bare llama-cpp-python loop.
+
+    .venv/bin/python benchmarks/batched.py --size small                 # q8_0 and q4_k_m, 8 sequences
+    .venv/bin/python benchmarks/batched.py --size tiny --limit 1 --max-tokens 16   # a smoke run
+
+For each GGUF type, the same eval items (the shipped suites, ``--limit`` per suite and language)
+are generated three ways, in one process, one after the other, model load excluded:
+
+* ``parallel N``: cvlocal's batched decoder (``cvlocal eval --parallel N``'s path);
+* ``parallel 1``: cvlocal's one-at-a-time path (``Llama.generate`` through the chat session);
+* ``bare``: llama-cpp-python alone, ``create_completion`` for toxicity continuations (same
+  sampling and seeds) and ``create_chat_completion`` turn by turn for the chat suites (its own
+  Jinja formatter of the GGUF template), greedy; the floor of what one-at-a-time costs.
+
+With ``--serve TYPE``: 8 concurrent streaming ``openai`` clients against ``cvlocal serve --parallel
+N`` and against llama-cpp-python's own server (``interrupt_requests`` off, so it completes every
+request) on the same GGUF: aggregate streamed chunks per second (about one per token), time to
+first token and latency (p50, p95), failed requests.
+
+Figures: wall seconds, items per minute, generated tokens per second, and the share of outputs of
+``parallel N`` identical to ``parallel 1`` (greedy chat replies and seeded samples apart). The GGUFs
+are converted from the synthetic chat model of ``benchmarks/synthetic.py`` (random weights).
+Results: ``<cache>/results/<size>/batched.json`` and ``.md`` unless ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import synthetic  # noqa: E402
+
+SUITES = ("toxicity", "safety", "instructions", "dialogue")
+
+
+def build_gguf(size: str, outtype: str, cache: Path) -> Path:
+    """The synthetic chat model as ``chat-<outtype>.gguf`` in the cache (converted once, by cvlocal's converter)."""
+    from convert import write_gguf
+
+    triple = synthetic.ensure_triple(size, cache, progress=False)
+    target = cache / "gguf" / size / f"chat-{outtype}.gguf"
+    stamp = target.with_suffix(".batched.json")
+    marker = json.dumps(synthetic._marker(size, synthetic.SIZES[size]))
+    if not (target.is_file() and stamp.is_file() and stamp.read_text() == marker):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_gguf(triple.chat, target, outtype, force=True)
+        stamp.write_text(marker)
+    return target
+
+
+def _tokens(records: list[dict[str, Any]]) -> int:
+    return sum(int(o.get("completion_tokens", 0)) for r in records for o in r["outputs"])
+
+
+def run_cvlocal(path: Path, items: list, settings: Any, parallel: int, threads: int | None) -> dict[str, Any]:
+    from cvlocal.evaluation.generate import generate_item
+    from cvlocal.evaluation.parallel import open_backend
+
+    backend = open_backend(path, parallel=parallel, ctx=settings.ctx, threads=threads, n_gpu_layers=0,
+                           chat_format=None)
+    records: list[dict[str, Any]] = []
+    try:
+        start = time.perf_counter()
+        if hasattr(backend, "generate_items"):
+            backend.generate_items(items, settings, lambda item, record: records.append(record))
+        else:
+            records = [generate_item(backend, item, settings) for item in items]
+        seconds = time.perf_counter() - start
+    finally:
+        backend.close()
+    return {"seconds": seconds, "records": {r["key"]: r for r in records}, "tokens": _tokens(records)}
+
+
+def run_bare(path: Path, items: list, settings: Any, threads: int | None) -> dict[str, Any]:
+    """llama-cpp-python alone on the same items and limits (see the module docstring)."""
+    from llama_cpp import Llama
+
+    from cvlocal.evaluation.backend import derived_seed
+    from cvlocal.evaluation.generate import TOXICITY_TEMPERATURE, TOXICITY_TOP_P
+
+    llm = Llama(str(path), n_ctx=settings.ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    tokens = 0
+    try:
+        start = time.perf_counter()
+        for item in items:
+            limit = settings.max_tokens[item.suite]
+            if item.suite == "toxicity":
+                for k in range(settings.samples):
+                    llm.reset()
+                    out = llm.create_completion(item.data["prompt"], max_tokens=limit, temperature=TOXICITY_TEMPERATURE,
+                                                top_p=TOXICITY_TOP_P, top_k=0, min_p=0.0, repeat_penalty=1.0,
+                                                seed=derived_seed(settings.seed, item.id, k))
+                    tokens += out["usage"]["completion_tokens"]
+                continue
+            turns = item.data["turns"] if item.suite == "dialogue" else [item.data["prompt"]]
+            messages: list[dict[str, str]] = []
+            for turn in turns:
+                messages.append({"role": "user", "content": turn})
+                out = llm.create_chat_completion(messages, max_tokens=limit, temperature=0.0)
+                messages.append({"role": "assistant", "content": out["choices"][0]["message"]["content"] or ""})
+                tokens += out["usage"]["completion_tokens"]
+        seconds = time.perf_counter() - start
+    finally:
+        llm.close()
+    return {"seconds": seconds, "tokens": tokens}
+
+
+def identical_share(a: dict[str, dict], b: dict[str, dict], suites: tuple[str, ...]) -> tuple[int, int]:
+    """(identical outputs, outputs) of records ``b`` against ``a`` in ``suites``."""
+    same = total = 0
+    for key, record in a.items():
+        if record["suite"] not in suites:
+            continue
+        other = b[key]["outputs"]
+        for x, y in zip(record["outputs"], other):
+            total += 1
+            same += x["text"] == y["text"]
+    return same, total
+
+
+def bench_type(path: Path, items: list, settings: Any, parallel: int, threads: int | None) -> dict[str, Any]:
+    batched = run_cvlocal(path, items, settings, parallel, threads)
+    single = run_cvlocal(path, items, settings, 1, threads)
+    bare = run_bare(path, items, settings, threads)
+    greedy = identical_share(single["records"], batched["records"], ("safety", "instructions", "dialogue"))
+    sampled = identical_share(single["records"], batched["records"], ("toxicity",))
+    n = len(items)
+
+    def row(run: dict[str, Any]) -> dict[str, Any]:
+        return {"seconds": round(run["seconds"], 3), "items_per_minute": round(60 * n / run["seconds"], 2),
+                "tokens": run["tokens"], "tokens_per_second": round(run["tokens"] / run["seconds"], 1)}
+
+    rows = {f"parallel {parallel}": row(batched), "parallel 1": row(single), "bare llama-cpp-python": row(bare)}
+    return {
+        "gguf": str(path), "items": n, "rows": rows,
+        "speedup_vs_parallel_1": round(single["seconds"] / batched["seconds"], 2),
+        "speedup_vs_bare": round(bare["seconds"] / batched["seconds"], 2),
+        "identical_greedy": {"same": greedy[0], "outputs": greedy[1]},
+        "identical_sampled": {"same": sampled[0], "outputs": sampled[1]},
+    }
+
+
+SERVE_QUESTIONS = ("Tell me about the weather today.", "請用繁體中文介紹台灣的夜市。", "Write three short lines about the sea.",
+                   "한국어로 인사해 주세요.", "日本語で自己紹介をしてください。", "Give me a list of five fruits.",
+                   "为什么天空是蓝色的？", "Summarise the plot of a film you like.")
+
+
+def start_server(command: list[str], port: int, log: Any = None) -> Any:
+    """Start a server process and wait (up to 120 s) until ``/v1/models`` answers; (process, openai client)."""
+    import subprocess
+
+    import openai
+
+    out = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if log is not None else out, cwd=ROOT)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=600, max_retries=0)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.models.list()
+            return proc, client
+        except openai.APIConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {' '.join(command)}") from None
+            time.sleep(0.3)
+
+
+def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
+    """8 concurrent streaming clients: aggregate tok/s, time to first token and latency (p50, p95)."""
+    import statistics
+    import threading
+
+    results: list[tuple[float, float, int]] = []
+    failed: list[str] = []
+    barrier = threading.Barrier(len(SERVE_QUESTIONS))
+
+    def ask(question: str) -> None:
+        try:
+            barrier.wait()
+            t0 = time.perf_counter()
+            first, n = None, 0
+            for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                         max_tokens=max_tokens, temperature=0.0, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first = first or time.perf_counter() - t0
+                    n += 1
+            results.append((first or 0.0, time.perf_counter() - t0, n))
+        except Exception as err:  # noqa: BLE001  (counted as a failed request)
+            failed.append(str(err))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=ask, args=(q,)) for q in SERVE_QUESTIONS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))], 3) if values else 0.0
+
+    ttft, latency = [r[0] for r in results], [r[1] for r in results]
+    return {"wall_seconds": round(wall, 3), "streamed_chunks": sum(r[2] for r in results),
+            "aggregate_chunks_per_second": round(sum(r[2] for r in results) / wall, 1),
+            "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95), "latency_p50": pct(latency, 0.5),
+            "latency_p95": pct(latency, 0.95), "failed": len(failed),
+            "ttft_median_all": round(statistics.median(ttft), 3) if ttft else None}
+
+
+def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_tokens: int) -> dict[str, Any]:
+    """``cvlocal serve --parallel N`` against llama-cpp-python's server (interrupt_requests off), same GGUF."""
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    thread_args = ["--threads", str(threads)] if threads else []
+    out = {}
+    p = port()
+    mine = [sys.executable, "-m", "cvlocal", "serve", str(path), "--port", str(p), "--ctx", str(ctx), "--parallel",
+            str(parallel), "--quiet", *thread_args]
+    q = port()
+    theirs = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--port", str(q), "--n_ctx", str(ctx),
+              "--interrupt_requests", "False", "--model_alias", path.stem]
+    if threads:
+        theirs += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    for name, command, at in ((f"cvlocal serve --parallel {parallel}", mine, p), ("llama-cpp-python server", theirs, q)):
+        proc, client = start_server(command, at)
+        try:
+            out[name] = _clients(client, path.stem, max_tokens)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return out
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Batched eval generation ({result['size']}, {result['parallel']} sequences, "
+             f"{result['threads'] or 'default'} threads, max tokens {result['max_tokens'] or 'per suite'})", "",
+             "| type | run | seconds | items/min | generated tok/s | identical to parallel 1 |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for outtype, r in result["types"].items():
+        g, s = r["identical_greedy"], r["identical_sampled"]
+        for name, row in r["rows"].items():
+            same = (f"greedy {g['same']}/{g['outputs']}, sampled {s['same']}/{s['outputs']}"
+                    if name.startswith("parallel") and name != "parallel 1" else "")
+            lines.append(f"| {outtype} | {name} | {row['seconds']} | {row['items_per_minute']} | "
+                         f"{row['tokens_per_second']} | {same} |")
+        lines.append(f"| {outtype} | speed-up | x{r['speedup_vs_parallel_1']} vs parallel 1 | "
+                     f"x{r['speedup_vs_bare']} vs bare | | |")
+    if result.get("serve"):
+        lines += ["", f"## Server: {len(SERVE_QUESTIONS)} concurrent streaming clients ({result['serve_type']})", "",
+                  "| server | wall s | chunks/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 | failed |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, r in result["serve"].items():
+            lines.append(f"| {name} | {r['wall_seconds']} | {r['aggregate_chunks_per_second']} | {r['ttft_p50']} | "
+                         f"{r['ttft_p95']} | {r['latency_p50']} | {r['latency_p95']} | {r['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cvlocal.evaluation.generate import GenerationSettings
+    from cvlocal.evaluation.suites import SUITES_DIR, load_suites
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=sorted(synthetic.SIZES), default="small")
+    p.add_argument("--types", default="q8_0,q4_k_m")
+    p.add_argument("--parallel", type=int, default=8)
+    p.add_argument("--limit", type=int, default=2, help="items per suite and language (default 2)")
+    p.add_argument("--langs", default="en,zh-Hant")
+    p.add_argument("--samples", type=int, default=2, help="toxicity continuations per prompt (default 2)")
+    p.add_argument("--max-tokens", type=int, default=64, help="reply limit for every suite (0: the suites' own)")
+    p.add_argument("--ctx", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--serve", default=None, metavar="TYPE", help="also the server comparison on this GGUF type")
+    p.add_argument("--no-eval", action="store_true", help="only the server comparison")
+    args = p.parse_args(argv)
+    cache = args.cache or synthetic.default_cache()
+    suite_items = load_suites(list(SUITES), args.langs.split(","), SUITES_DIR, args.limit)
+    items = [i for s in SUITES for i in suite_items[s]]
+    settings = GenerationSettings.create(samples=args.samples, max_tokens=args.max_tokens or None, seed=0,
+                                         ctx=args.ctx)
+    result: dict[str, Any] = {"size": args.size, "parallel": args.parallel, "threads": args.threads,
+                              "max_tokens": args.max_tokens, "limit": args.limit, "langs": args.langs, "types": {}}
+    for outtype in [] if args.no_eval else args.types.split(","):
+        path = build_gguf(args.size, outtype, cache)
+        print(f"{outtype}: {len(items)} items on {path}", file=sys.stderr)
+        result["types"][outtype] = bench_type(path, items, settings, args.parallel, args.threads)
+    if args.serve:
+        path = build_gguf(args.size, args.serve, cache)
+        print(f"server: {path}", file=sys.stderr)
+        result["serve_type"] = args.serve
+        result["serve"] = bench_serve(path, args.parallel, args.threads, args.ctx, args.max_tokens or 64)
+    out = args.out or cache / "results" / args.size
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batched.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "batched.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

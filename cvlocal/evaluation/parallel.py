@@ -1,0 +1,124 @@
+"""``cvlocal eval --parallel N``: a model's pending items generated N sequences at a time.
+
+Each item still runs through :func:`cvlocal.evaluation.generate.generate_item` and the backend's
+own ``complete``/``chat`` (the same templates, seeds, stops and records), each in its own worker
+thread, on a :class:`cvlocal.llama.shared.SharedLlama`: their sequences are decoded together in one
+llama.cpp context. Records come back in the order items finish and are cached at once (the cache is
+keyed by item, so resume works as before). An item's ``seconds`` is the wall time since the
+previous item finished, so that the report's items per minute stay wall-clock throughput; its own
+start-to-end time is kept as ``latency_seconds``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cvlocal.evaluation.backend import LlamaBackend
+from cvlocal.evaluation.generate import GenerationSettings, generate_item
+from cvlocal.evaluation.suites import Item
+
+MAX_PARALLEL = 8
+KV_SHARE_OF_MEMORY = 0.25  # at most this share of the available memory goes to the KV cache
+RecordHook = Callable[[Item, dict[str, Any]], None]
+
+
+def available_memory() -> int:
+    """Bytes the system can still give (MemAvailable), or physical memory where that is unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def choose_parallel(kv_bytes_per_token: int, ctx: int, memory: int | None = None) -> int:
+    """Sequences whose KV cache (``ctx`` tokens each) fits a quarter of the free memory, 1 to 8."""
+    memory = available_memory() if memory is None else memory
+    per_sequence = max(kv_bytes_per_token * ctx, 1)
+    return max(1, min(MAX_PARALLEL, int(memory * KV_SHARE_OF_MEMORY) // per_sequence))
+
+
+class ParallelBackend(LlamaBackend):
+    """The evaluation backend over a shared batched decoder; :meth:`generate_items` runs many items."""
+
+    def __init__(self, llm: Any, *, chat_format: str | None, n_seq: int) -> None:  # noqa: super not called:
+        self.path = Path(llm.model_path)                                          # the model is already open
+        self.llm = llm
+        self.chat_format = chat_format
+        self.template_warning = None
+        self.n_seq = n_seq
+
+    def generate_items(self, items: Sequence[Item], settings: GenerationSettings, on_record: RecordHook) -> None:
+        """Generate ``items`` ``n_seq`` at a time; ``on_record`` gets each record in this thread."""
+        last = time.perf_counter()
+        queue = list(items)
+        with ThreadPoolExecutor(max_workers=self.n_seq, thread_name_prefix="cvlocal-eval") as pool:
+            running: dict[Future[dict[str, Any]], Item] = {}
+            try:
+                while queue or running:
+                    while queue and len(running) < self.n_seq:
+                        item = queue.pop(0)
+                        running[pool.submit(generate_item, self, item, settings)] = item
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        item = running.pop(future)
+                        record = future.result()
+                        now = time.perf_counter()
+                        record["latency_seconds"] = record["seconds"]
+                        record["seconds"] = round(now - last, 4)
+                        last = now
+                        on_record(item, record)
+            except BaseException:
+                queue.clear()
+                for future in running:
+                    future.cancel()
+                self.llm.close()  # workers still generating get DecoderClosed and end
+                raise
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+            llm.model.close()
+
+
+def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | None, n_gpu_layers: int,
+                 chat_format: str | None) -> LlamaBackend:
+    """``parallel`` sequences (None: as many as memory allows, up to 8); 1 is the one-at-a-time backend.
+
+    A model spec with LoRA adapters (``CP.gguf+ADAPTER.gguf@R``) runs one at a time: the batched
+    decoder does not attach adapters yet.
+    """
+    from cvlocal.llama_adapters import parse_model_spec
+
+    _model, adapters = parse_model_spec(path)
+    if adapters and parallel not in (None, 1):
+        from cvlocal.errors import UsageError
+
+        raise UsageError(f"--parallel {parallel} does not take a model with an adapter yet", path,
+                         "Leave out --parallel (adapter specs run one sequence at a time)")
+    if parallel == 1 or adapters:
+        return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)
+    from cvlocal.llama.model import Model
+    from cvlocal.llama.shared import SharedLlama
+
+    model = Model(path, n_gpu_layers=n_gpu_layers)
+    n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx)
+    if n_seq == 1:
+        model.close()
+        return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)
+    try:
+        llm = SharedLlama(model, n_seq=n_seq, n_ctx=ctx, threads=threads)
+    except BaseException:
+        model.close()
+        raise
+    return ParallelBackend(llm, chat_format=chat_format, n_seq=n_seq)

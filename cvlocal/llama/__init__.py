@@ -1,0 +1,19 @@
+"""The one place cvlocal talks to llama-cpp-python's low-level API.
+
+- ``log``: llama.cpp's process-wide log callback, installed once, captures that nest.
+- ``model``: opening a GGUF (the checks, the load, contexts with ``Llama``'s own settings).
+- ``tokens``: tokenization and cached token pieces (what the chat templates ask of a ``Llama``).
+- ``sampling``: one sampler chain per sequence, built as ``Llama`` builds its own.
+- ``batch``: the batched decoder (several sequences per ``llama_decode``, continuous batching).
+- ``shared``: a ``Llama`` look-alike many threads generate with at once, over the batched decoder.
+
+Callers still on the high-level ``Llama`` (chat, server, release checks, demo) move here one by one.
+"""
+from cvlocal.llama.batch import BatchedDecoder, Completion, Event, Handle, Request
+from cvlocal.llama.log import LogCapture, captured_log
+from cvlocal.llama.model import Model, check_gguf
+from cvlocal.llama.sampling import SamplingParams
+from cvlocal.llama.tokens import Vocab
+
+__all__ = ["BatchedDecoder", "Completion", "Event", "Handle", "Request", "LogCapture", "captured_log", "Model",
+           "check_gguf", "SamplingParams", "Vocab"]
