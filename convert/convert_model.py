@@ -29,10 +29,10 @@ from convert.conversion import Progress, SourcePlan, lossless_type, prepare, wri
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
-from convert.llama_quantize import llama_quantize
+from convert.llama_quantize import QuantizeOptions, TensorProgress, llama_quantize
 from convert.metadata import file_name
 from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
-from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype
+from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype, require_imatrix
 from convert.transcode import transcode
 
 Stage = Callable[[str], None]
@@ -61,6 +61,7 @@ def write_ggufs(
     on_progress: Progress | None = None,
     on_stage: Stage | None = None,
     on_warning: Callable[[str], None] | None = None,
+    quantize: QuantizeOptions | None = None,
 ) -> dict[str, Path]:
     """Write one GGUF per output type (``{"f16": path, "q4_k_m": path}``) reading the source once.
 
@@ -68,12 +69,16 @@ def write_ggufs(
     shape); without them the weights come from ``source_dir``'s checkpoint files.
     ``threads`` is for q8_0/bf16 encoding and llama.cpp's quantizer (default: the usable CPUs).
     ``on_progress(name, nbytes)`` follows each source tensor, ``on_stage(text)`` announces each
-    derived output, ``on_warning(text)`` reports tokenizer caveats. Returns the written paths.
+    derived output, ``on_warning(text)`` reports tokenizer caveats. ``quantize`` carries the
+    importance matrix, per-tensor types and requantize flag for the types llama.cpp makes.
+    Returns the written paths.
     """
     folder = Path(source_dir)
     wanted = {lookup_outtype(name): check_output_path(Path(path), force) for name, path in outputs.items()}
     if not wanted:
         raise ConvertError("no output type given", fix=f"Choose from: {', '.join(OUTTYPES)}.")
+    quantize = quantize or QuantizeOptions()
+    require_imatrix(list(wanted), quantize.imatrix is not None, quantize.tensor_types)
     if len({p.resolve() for p in wanted.values()}) != len(wanted):
         raise ConvertError("two output types would write the same file", fix="Use a folder or a name with {type}.")
     source, stream, ckpt = _stream_and_plan(folder, plan, tensors)
@@ -90,14 +95,14 @@ def write_ggufs(
             with atomic_output(wanted[first_type], force=force) as tmp:
                 write_direct(conv, tmp, stream, on_progress, threads)
             written[first_type.name] = wanted[first_type]
-            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written)
+            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written, quantize)
             return written
         anchor = next(iter(wanted.values()))
         hidden = partial_path(anchor.with_name(anchor.stem + "-intermediate.gguf"))
         try:
             with atomic_output(hidden) as tmp:
                 write_direct(conv, tmp, stream, on_progress, threads)
-            _derive(hidden, wanted, threads, force, on_stage, written)
+            _derive(hidden, wanted, threads, force, on_stage, written, quantize)
         finally:
             remove_path(hidden)
         return written
@@ -106,7 +111,8 @@ def write_ggufs(
             ckpt.close()
 
 
-def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, force: bool, on_stage: Stage | None, written: dict[str, Path]) -> None:
+def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, force: bool, on_stage: Stage | None, written: dict[str, Path],
+            quantize: QuantizeOptions | None = None) -> None:
     """Make each target type from a lossless float GGUF: re-encode direct types, quantize the rest."""
     for out_type, path in targets.items():
         if on_stage is not None:
@@ -115,7 +121,7 @@ def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, 
             if out_type.direct:
                 transcode(source, tmp, out_type, threads=threads)
             else:
-                llama_quantize(source, tmp, out_type, threads)
+                llama_quantize(source, tmp, out_type, threads, quantize)
         written[out_type.name] = path
 
 
@@ -157,23 +163,46 @@ def convert_checkpoint(
     return write_gguf(model_dir, out, outtype, threads=threads, force=force, metadata=metadata, on_progress=on_progress)
 
 
-def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int | None = None, force: bool = False) -> Path:
+class RequantizeRefused(ConvertError):
+    """The input of a quantization is already quantized and requantizing was not allowed."""
+
+    def __init__(self, quantized: list[str], path: Path, fix: str = "Quantize from the f16, bf16 or f32 GGUF, or allow requantizing (llama.cpp's allow_requantize).") -> None:
+        self.quantized = quantized
+        super().__init__(f"the input is already quantized ({', '.join(quantized)} tensors); requantizing compounds the quantization error", path, fix)
+
+
+def quantize_gguf(
+    inp: str | Path,
+    out: str | Path,
+    qtype: str,
+    *,
+    threads: int | None = None,
+    force: bool = False,
+    quantize: QuantizeOptions | None = None,
+    on_tensor: TensorProgress | None = None,
+) -> Path:
     """Make a ``qtype`` GGUF from a float (f32/f16/bf16) GGUF ``inp``; returns the output path.
 
     ``out`` may be a file, a folder (naming-convention name from the input's metadata) or a name
-    with ``{type}``. Direct types are re-encoded by our writer, others quantized by llama.cpp.
+    with ``{type}``. Direct types are re-encoded by our writer, others quantized by llama.cpp
+    (with ``quantize``'s importance matrix, per-tensor types and requantize flag). An already
+    quantized input is refused unless ``quantize.allow_requantize``; a matrix made for another
+    model is refused before any work.
     """
     inp = Path(inp)
     out_type = lookup_outtype(qtype)
+    quantize = quantize or QuantizeOptions()
+    require_imatrix([out_type], quantize.imatrix is not None, quantize.tensor_types)
     with read_gguf(inp) as src:
         if not src.architecture:
             raise ConvertError("no general.architecture in the GGUF metadata", inp, "Pass a model GGUF.")
         quantized = sorted({t.ggml_type.name for t in src.tensors if t.ggml_type not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)})
-        if quantized:
-            raise ConvertError(
-                f"the input is already quantized ({', '.join(quantized)} tensors)", inp,
-                "Quantize from the f16, bf16 or f32 GGUF (cvlocal convert --outtype bf16).",
-            )
+        if quantized and not quantize.allow_requantize:
+            raise RequantizeRefused(quantized, inp)
+        if quantize.imatrix is not None:
+            from convert.imatrix_file import check_against_model, read_imatrix
+
+            check_against_model(read_imatrix(quantize.imatrix), {t.name: tuple(reversed(t.shape)) for t in src.tensors}, quantize.imatrix)
         general = {k: v for k, v in src.metadata.items() if k.startswith("general.")}
     target = Path(out)
     if has_placeholder(target):
@@ -183,8 +212,8 @@ def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int 
     if target.resolve() == inp.resolve():
         raise ConvertError("the output would overwrite the input", target, "Choose another output path.")
     with atomic_output(target, force=force) as tmp:
-        if out_type.direct:
+        if out_type.direct and not quantized:
             transcode(inp, tmp, out_type, threads=threads)
-        else:
-            llama_quantize(inp, tmp, out_type, threads)
+        else:  # llama.cpp also dequantizes, when requantizing is allowed
+            llama_quantize(inp, tmp, out_type, threads, quantize, on_tensor)
     return target
