@@ -130,30 +130,49 @@ class _Collector:
             h.remove()
 
 
-def load_model(model_path: Path, device: torch.device, dtype: torch.dtype):
-    """The HF model and tokenizer from a folder, or from a GGUF through transformers' GGUF loader."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _source(model_path: Path) -> tuple[Path, dict]:
+    """The folder and from_pretrained arguments for an HF folder or a GGUF file (local files only)."""
     model_path = Path(model_path)
     kwargs: dict = {"local_files_only": True, "trust_remote_code": False}
     if model_path.is_file():
         if model_path.suffix.lower() != ".gguf":
             raise UsageError("not a model folder or a .gguf file", model_path, "Pass an HF model folder or a float GGUF.")
-        folder, kwargs["gguf_file"] = model_path.parent, model_path.name
-    elif model_path.is_dir():
-        folder = model_path
-        if not (folder / "config.json").is_file():
-            raise UsageError("no config.json in the model folder", folder, "Pass an HF model folder (config.json, weights, tokenizer).")
-    else:
-        raise UsageError("model not found", model_path, "Pass an HF model folder or a GGUF file.")
+        return model_path.parent, {**kwargs, "gguf_file": model_path.name}
+    if model_path.is_dir():
+        if not (model_path / "config.json").is_file():
+            raise UsageError("no config.json in the model folder", model_path, "Pass an HF model folder (config.json, weights, tokenizer).")
+        return model_path, kwargs
+    raise UsageError("model not found", model_path, "Pass an HF model folder or a GGUF file.")
+
+
+def _cannot_load(model_path: Path, err: Exception) -> UsageError:
+    return UsageError(f"transformers cannot load the model ({' '.join(str(err).split())[:160]})", model_path,
+                      "Pass an HF folder of a Llama, Mistral, Qwen2 or Qwen3 model (or an f16/bf16/f32 GGUF).")
+
+
+def load_tokenizer(model_path: Path):
+    """The model's tokenizer (first, so that a too short text is refused before the weights load)."""
+    from transformers import AutoTokenizer
+
+    folder, kwargs = _source(model_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        return AutoTokenizer.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise _cannot_load(model_path, err) from None
+
+
+def load_model(model_path: Path, device: torch.device, dtype: torch.dtype):
+    """The HF model from a folder, or from a GGUF through transformers' GGUF loader, in eval mode."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    folder, kwargs = _source(model_path)
+    hf_logging.disable_progress_bar()  # our own bar reports the work; theirs would break the one-line rule
+    try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"transformers cannot load the model ({' '.join(str(err).split())[:160]})", model_path,
-                         "Pass an HF folder of a Llama, Mistral, Qwen2 or Qwen3 model (or an f16/bf16/f32 GGUF).") from None
-    model.to(device).eval()
-    return model, tokenizer
+        raise _cannot_load(model_path, err) from None
+    return model.to(device).eval()
 
 
 def tokenize_texts(tokenizer, texts: Sequence[CalibrationText]) -> dict[str, list[int]]:
@@ -228,7 +247,7 @@ def compute_imatrix(
         raise UsageError(f"--batch {batch} must be at least 1", fix="Pass a positive number of windows per forward pass.")
     texts = read_text_files(text_files) if text_files else None
     device = device or torch.device("cpu")
-    model, tokenizer = load_model(model_path, device, dtype)
+    tokenizer = load_tokenizer(model_path)
     if texts is None:
         chosen = list(languages) if languages else default_languages(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
         texts = heldout_texts(chosen)
@@ -240,6 +259,7 @@ def compute_imatrix(
             f"the calibration text is too short: {len(longest)} tokens at most, fewer than one window of --ctx {ctx}",
             fix="Pass a longer --text, more languages, or a smaller --ctx.",
         )
+    model = load_model(model_path, device, dtype)
     if on_start is not None:
         on_start(len(windows.windows), [t.label for t in texts])
     architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
