@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cvlocal.ui import item_progress, say
+from cvlocal.ui import say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -41,33 +41,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.atomic import atomic_output, check_output_path
-    from convert.imatrix_file import write_imatrix_dat, write_imatrix_gguf
+    from cvlocal.imatrix.auto import compute_to_file
     from cvlocal.imatrix.calibration import parse_languages
-    from cvlocal.imatrix.collect import compute_imatrix
     from cvlocal.vector.device import parse_dtype, resolve_device
 
-    quiet = args.quiet or args.json
-    check_output_path(args.output, args.force)
-    device = resolve_device(args.device)
-    with item_progress(quiet) as progress:
-        task = None
-
-        def on_start(total: int, labels: list[str]) -> None:
-            nonlocal task
-            task = progress.add_task(f"imatrix on {', '.join(labels)}", total=total, detail="")
-
-        def on_chunk(done: int, total: int, tokens: int, seconds: float) -> None:
-            if task is not None:
-                progress.update(task, completed=done, detail=f"{tokens / max(seconds, 1e-9):,.0f} tok/s")
-
-        result = compute_imatrix(
-            args.model, text_files=args.text, languages=parse_languages(args.lang), ctx=args.ctx, chunks=args.chunks,
-            device=device, dtype=parse_dtype(args.dtype), batch=args.batch, on_chunk=on_chunk, on_start=on_start,
-        )
-    write = write_imatrix_dat if args.output_format == "dat" else write_imatrix_gguf
-    with atomic_output(args.output, force=args.force) as tmp:
-        write(result.matrix, tmp)
+    result = compute_to_file(
+        args.model, args.output, quiet=args.quiet or args.json, force=args.force, output_format=args.output_format,
+        text_files=args.text, languages=parse_languages(args.lang), ctx=args.ctx, chunks=args.chunks,
+        device=resolve_device(args.device), dtype=parse_dtype(args.dtype), batch=args.batch,
+    )
     summary = {
         "output": str(args.output), "format": args.output_format, "entries": len(result.matrix.sums),
         "datasets": result.matrix.datasets, "chunks": result.matrix.chunk_count, "ctx": result.matrix.chunk_size,

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cvlocal.imatrix.auto import add_quantize_flags
 from cvlocal.ui import human_bytes, say
 
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
     p.add_argument("--outtype", help="GGUF type for a .gguf output (f32, f16, bf16, q8_0, q4_k_m, ...; default f16)")
     p.add_argument("--threads", type=int, help="threads for quantization to k-quants")
+    add_quantize_flags(p)
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     from cvlocal.vector.merge import merge_models, parse_vector_arg
 
+    quantize = _quantize_options(args)
     summary = merge_models(
         args.cp,
         args.output,
@@ -55,9 +58,33 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         force=args.force,
         quiet=args.quiet or args.json,
+        quantize=quantize,
     )
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         say(f"wrote {', '.join(summary['files']) if summary.get('format') == 'gguf' else summary['output']}: {summary['tensors']} tensors, {human_bytes(summary['bytes'])}, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
     return 0
+
+
+def _quantize_options(args: argparse.Namespace):
+    """--imatrix FILE and --tensor-type for a one-pass GGUF output, checked before any merge work."""
+    from convert.quant_tables import parse_outtypes, parse_tensor_type, require_imatrix
+    from cvlocal.errors import UsageError
+    from cvlocal.imatrix.auto import needs_imatrix, options_for
+
+    if not (args.imatrix or args.tensor_type):
+        if args.outtype and args.output.suffix.lower() == ".gguf":
+            needs_imatrix(lambda: require_imatrix(parse_outtypes(args.outtype), False), auto=False)
+        return None
+    if args.output.suffix.lower() != ".gguf":
+        raise UsageError("--imatrix and --tensor-type need an output path ending in .gguf", args.output, "Name the output *.gguf for a one-pass merge to GGUF.")
+    if args.imatrix and args.imatrix.strip().lower() == "auto":
+        raise UsageError("--imatrix auto needs the merged model, which a one-pass merge never writes as a folder", args.output,
+                         "Merge to a folder and run cvlocal convert --imatrix auto on it, or pass --imatrix FILE (cvlocal imatrix on the merged folder).")
+    overrides = [parse_tensor_type(spec) for spec in args.tensor_type]
+    needs_imatrix(lambda: require_imatrix(parse_outtypes(args.outtype or "f16"), args.imatrix is not None, overrides), auto=False)
+    imatrix = Path(args.imatrix) if args.imatrix else None
+    if imatrix is not None and not imatrix.is_file():
+        raise UsageError("importance matrix not found", imatrix, "Pass an imatrix file (cvlocal imatrix MODEL -o imatrix.gguf).")
+    return options_for(imatrix, args.tensor_type)

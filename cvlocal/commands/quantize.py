@@ -36,25 +36,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
-def quantize_options(imatrix: Path | None, tensor_types: list[str], allow_requantize: bool = False):
-    """The llama.cpp options from the CLI flags, checked before any work (bad input: exit 2)."""
-    from convert.imatrix_file import read_imatrix
-    from convert.llama_quantize import QuantizeOptions, imatrix_metadata
-    from convert.quant_tables import parse_tensor_type
-
-    overrides = tuple(parse_tensor_type(spec) for spec in tensor_types)
-    metadata = imatrix_metadata(imatrix, read_imatrix(imatrix)) if imatrix is not None else {}
-    return QuantizeOptions(imatrix=imatrix, tensor_types=overrides, allow_requantize=allow_requantize, metadata=metadata)
-
-
 def run(args: argparse.Namespace) -> int:
     from convert import QuantizeError, quantize_gguf
     from convert.convert_model import RequantizeRefused
-    from convert.quant_tables import ImatrixRequired
+    from convert.quant_tables import outtype, require_imatrix
     from cvlocal.errors import UsageError, WorkError
 
+    from cvlocal.imatrix.auto import needs_imatrix, options_for
+
     quiet = args.quiet or args.json
-    options = quantize_options(args.imatrix, args.tensor_type, args.allow_requantize)
+    options = options_for(args.imatrix, args.tensor_type, args.allow_requantize)
     if args.allow_requantize:
         warn("--allow-requantize: a quantized input loses quality again (its errors compound); quantize from the f16/bf16 GGUF when you have it")
     started = time.monotonic()
@@ -68,15 +59,13 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, completed=done, detail=name)
 
         try:
+            needs_imatrix(lambda: require_imatrix([outtype(args.qtype)], options.imatrix is not None, options.tensor_types), auto=False)
             out = quantize_gguf(args.input, args.output, args.qtype, threads=args.threads, force=args.force, quantize=options, on_tensor=on_tensor)
         except QuantizeError as err:
             raise WorkError(str(err)) from None
         except RequantizeRefused as err:
             raise UsageError(f"the input is already quantized ({', '.join(err.quantized)} tensors)", err.path,
                              "Quantize from the f16/bf16/f32 GGUF, or pass --allow-requantize (quality suffers).") from None
-        except ImatrixRequired as err:
-            raise UsageError(f"{', '.join(err.needing)} needs an importance matrix (without one llama.cpp's result is garbage)",
-                             fix=f"Pass --imatrix FILE (make one with: cvlocal imatrix MODEL_DIR -o imatrix.gguf), or choose another type.") from None
         if task is not None:
             progress.update(task, completed=progress.tasks[0].total, detail="")
     seconds = time.monotonic() - started

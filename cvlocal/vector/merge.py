@@ -280,7 +280,8 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
         thread.join(timeout=10)
 
 
-def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None) -> list[str]:
+def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None,
+                    quantize: Any = None) -> list[str]:
     """One pass: the merged tensors flow straight into the GGUF writer (one file per type)."""
     from convert import output_paths, write_ggufs  # the converter library; loaded only for GGUF output
 
@@ -298,6 +299,7 @@ def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype
         written = write_ggufs(
             side_dir, targets, plan=shapes, tensors=_assembled(plan, computer, quiet), threads=threads, force=force,
             metadata=metadata, on_stage=lambda t: say(f"quantizing to {t}", quiet), on_warning=lambda w: say(f"note: {w}", quiet),
+            quantize=quantize,
         )
     return [str(p) for p in written.values()]
 
@@ -319,8 +321,13 @@ def merge_models(
     threads: int | None = None,
     force: bool = False,
     quiet: bool = False,
+    quantize: Any = None,
 ) -> dict[str, Any]:
-    """Merge chat vectors into a CP model; return a summary (what ``--json`` prints)."""
+    """Merge chat vectors into a CP model; return a summary (what ``--json`` prints).
+
+    ``quantize`` (convert's QuantizeOptions: importance matrix, per-tensor types) applies to the
+    llama.cpp types of a one-pass GGUF output.
+    """
     started = time.perf_counter()
     out = Path(out)
     to_gguf = out.suffix.lower() == ".gguf"
@@ -341,7 +348,7 @@ def merge_models(
         computer = MergeComputer(plan, compute_device)
         with compute_threads(compute_device):
             if to_gguf:
-                files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads)
+                files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads, quantize)
             else:
                 files = _stream_to_hf(plan, computer, out, max_shard, force, quiet)
     finally:
