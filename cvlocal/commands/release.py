@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cvlocal import ui
+from cvlocal.imatrix.auto import add_quantize_flags
 from cvlocal.errors import UsageError, WorkError
 
 DEFAULT_TYPES = "q4_k_m,q5_k_m,q6_k,q8_0,f16"
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS, metavar="N",
                    help=f"windows per language to score (default {DEFAULT_CHUNKS}; 0: all the text gives)")
     p.add_argument("--heldout", type=Path, default=None, metavar="DIR", help="held-out text folder, one .txt per language (default: cvlocal's)")
+    add_quantize_flags(p)
     p.add_argument("--force", action="store_true", help="rebuild everything, even in a folder holding another release")
     p.set_defaults(func=run)
 
@@ -117,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         ctx=args.ctx,
         chunks=args.chunks or None,
         force=args.force,
+        imatrix=args.imatrix,
+        tensor_types=tuple(args.tensor_type),
     )
     quiet = args.quiet or args.json
     with ui.item_progress(quiet) as progress:

@@ -71,6 +71,7 @@ class CardInput:
     stops: list[str]
     ollama_family: str | None
     eval_summary: list[str] | None = None        # Markdown lines from eval_report.summary_markdown
+    quantization: list[str] | None = None        # Markdown lines: the importance matrix and per-tensor types
 
 
 def human_size(n: int) -> str:
@@ -284,6 +285,8 @@ def render_card(c: CardInput) -> str:
         by_lang = language_table(c.rows, q.languages)
         if by_lang:
             lines += ["### By language", ""] + by_lang + [""]
+    if c.quantization:
+        lines += ["### Quantization", ""] + c.quantization + [""]
     if c.failed:
         lines += ["### Types that failed (not shipped)", ""]
         lines += [f"- **{t}**: {reason}" for t, reason in c.failed.items()] + [""]
