@@ -90,11 +90,11 @@ def prepare_quantize(req: Any, source: Path, out: Path, progress: Any) -> tuple[
         matrix = read_imatrix(path)
         languages = [d.removeprefix("heldout/").removesuffix(".txt") for d in matrix.datasets if d.startswith("heldout/")]
         lines.append(
-            f"Importance matrix: `{path.name}` ({how}; sha256 `{_sha256(path)}`), {matrix.chunk_count} windows of "
+            f"- Importance matrix: `{path.name}` ({how}; sha256 `{_sha256(path)}`), {matrix.chunk_count} windows of "
             f"{matrix.chunk_size} tokens from {', '.join(f'`{d}`' for d in matrix.datasets) or 'unnamed text'}"
             + (f" (languages: {', '.join(languages)})" if languages else "") + f", {len(matrix.sums)} matrices. "
             "The llama.cpp types were quantized with it (the files carry `quantize.imatrix.*` keys)."
         )
     if req.tensor_types:
-        lines.append("Per-tensor types (llama-quantize's `--tensor-type`): " + ", ".join(f"`{s}`" for s in req.tensor_types) + ".")
+        lines.append("- Per-tensor types (llama-quantize's `--tensor-type`): " + ", ".join(f"`{s}`" for s in req.tensor_types) + ".")
     return options_for(path, req.tensor_types), lines
