@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cvlocal.errors import UsageError
+from cvlocal.release.checksums import sha256_file
 
 AUTO_NAME = "imatrix.gguf"
 
@@ -42,18 +43,10 @@ def quantize_identity(identity: str, req: Any) -> str:
     if req.imatrix is None and not req.tensor_types:
         return identity
     h = hashlib.sha256()
-    h.update(b"auto" if _is_auto(req.imatrix) else _sha256(Path(req.imatrix)).encode() if req.imatrix else b"none")
+    h.update(b"auto" if _is_auto(req.imatrix) else sha256_file(Path(req.imatrix)).encode() if req.imatrix else b"none")
     for spec in req.tensor_types:
         h.update(b"\0" + spec.encode("utf-8"))
     return f"{identity}+quantize:{h.hexdigest()[:16]}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare_quantize(req: Any, source: Path, out: Path, progress: Any) -> tuple[Any, list[str] | None]:
@@ -90,7 +83,7 @@ def prepare_quantize(req: Any, source: Path, out: Path, progress: Any) -> tuple[
         matrix = read_imatrix(path)
         languages = [d.removeprefix("heldout/").removesuffix(".txt") for d in matrix.datasets if d.startswith("heldout/")]
         lines.append(
-            f"- Importance matrix: `{path.name}` ({how}; sha256 `{_sha256(path)}`), {matrix.chunk_count} windows of "
+            f"- Importance matrix: `{path.name}` ({how}; sha256 `{sha256_file(path)}`), {matrix.chunk_count} windows of "
             f"{matrix.chunk_size} tokens from {', '.join(f'`{d}`' for d in matrix.datasets) or 'unnamed text'}"
             + (f" (languages: {', '.join(languages)})" if languages else "") + f", {len(matrix.sums)} matrices. "
             "The llama.cpp types were quantized with it (the files carry `quantize.imatrix.*` keys)."
