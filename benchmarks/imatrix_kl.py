@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             zh, en = r["zh-Hant"], r["en"]
             mark = " (lowest)" if label == best else ""
             lines.append(f"| {qtype} | {label} | {zh[0]:.4f}{mark} | {zh[1]:.1%} | {en[0]:.4f} | {en[1]:.1%} |")
-    lines += ["", "Matrix computation: " + "; ".join(f"{k}: {n} tokens in {s:.1f} s ({r:,.0f} tokens/s incl. model load)" for k, (n, s, r) in rates.items()) + "."]
+    lines += ["", "Matrix computation: " + "; ".join(f"{k}: {n} tokens, {r:,.0f} tokens/s on the forward passes ({s:.1f} s with model load)" for k, (n, s, r) in rates.items()) + "."]
     text = "\n".join(lines)
     print(text)
     if args.out:

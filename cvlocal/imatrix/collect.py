@@ -177,7 +177,8 @@ def load_model(model_path: Path, device: torch.device, dtype: torch.dtype):
 
 def tokenize_texts(tokenizer, texts: Sequence[CalibrationText]) -> dict[str, list[int]]:
     """Each text tokenized once with the tokenizer's special tokens, as llama-imatrix does."""
-    return {t.label: list(tokenizer(t.text, add_special_tokens=True)["input_ids"]) for t in texts}
+    # verbose=False: the whole text is longer than the model's context on purpose (it is cut into windows)
+    return {t.label: list(tokenizer(t.text, add_special_tokens=True, verbose=False)["input_ids"]) for t in texts}
 
 
 def collect(
@@ -249,7 +250,7 @@ def compute_imatrix(
     device = device or torch.device("cpu")
     tokenizer = load_tokenizer(model_path)
     if texts is None:
-        chosen = list(languages) if languages else default_languages(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
+        chosen = list(languages) if languages else default_languages(lambda t: tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])
         texts = heldout_texts(chosen)
     token_lists = tokenize_texts(tokenizer, texts)
     windows = cut_windows(token_lists, ctx, chunks, bos_policy(tokenizer))
