@@ -87,6 +87,10 @@ def write_ggufs(
         single = next(iter(wanted)) if len(wanted) == 1 else None
         first_type = single if single is not None and single.direct else OUTTYPES[_LOSSLESS[base_type]]
         conv = prepare(folder, source, first_type, metadata)
+        if quantize.imatrix is not None and not all(t.direct for t in wanted):  # a matrix for another model: before any work
+            from convert.imatrix_file import check_against_model, read_imatrix
+
+            check_against_model(read_imatrix(quantize.imatrix), {t.gguf_name: tuple(reversed(t.shape)) for t in conv.tensors}, quantize.imatrix)
         for warning in conv.warnings:
             if on_warning is not None:
                 on_warning(warning)

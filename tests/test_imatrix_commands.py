@@ -59,7 +59,12 @@ def test_convert_with_auto_matrix_keeps_it_beside_the_outputs(tiny_family, tmp_p
 def test_convert_and_merge_refuse_before_work(tiny_family, tmp_path, matrix_file):
     fam = tiny_family("llama2")
     merge = ["merge", fam.cp, "--base", fam.base, "--chat", fam.chat]
+    other = read_imatrix(matrix_file)
+    other.sums["blk.5.attn_q.weight"], other.counts["blk.5.attn_q.weight"] = other.sums["blk.0.attn_q.weight"], other.counts["blk.0.attn_q.weight"]
+    write_imatrix_gguf(other, tmp_path / "other-model.gguf")
     cases = {
+        "convert matrix for another model": (["convert", fam.chat, "--outtype", "q2_k_s", "--imatrix", tmp_path / "other-model.gguf"],
+                                             ("blk.5.attn_q.weight", "another model")),
         "convert type needing a matrix": (["convert", fam.chat, "--outtype", "iq2_xs"], ("iq2_xs", "--imatrix")),
         "convert missing matrix": (["convert", fam.chat, "--outtype", "q2_k_s", "--imatrix", tmp_path / "nope.gguf"], ("nope.gguf",)),
         "convert bad tensor type": (["convert", fam.chat, "--outtype", "q4_k_m", "--tensor-type", "attn_v=q7_k"], ("q7_k",)),

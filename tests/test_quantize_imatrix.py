@@ -140,7 +140,9 @@ def test_a_signal_stops_llama_cpp_and_leaves_nothing(tiny_gguf, tmp_path, sig, c
     out = tmp_path / "out.gguf"
     # IQ3_S builds its quantization grid on first use: seconds of work inside one C call, no matrix needed
     proc = subprocess.Popen([sys.executable, "-m", "cvlocal", "quantize", str(tiny_gguf("llama2", "f16")), "-o", str(out),
-                             "--type", "iq3_s", "--threads", "1", "-q"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--type", "iq3_s", "--threads", "1", "-q"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a test run in a background job inherits SIGINT ignored (POSIX)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.gguf.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
