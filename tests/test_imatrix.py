@@ -202,6 +202,12 @@ def test_bad_calibration_input_is_one_line(tiny_family, tmp_path):
         "ctx too small": ([folder, "--text", short, "--ctx", "4"], ("--ctx",)),
         "missing model": ([tmp_path / "nope", "--text", short], ("nope", "not found")),
     }
+    proc = cli("imatrix", folder, "--text", short, "-o", short, "--force", check=False)  # never over an input
+    assert_one_line_error(proc, "input")
+    assert short.read_text(encoding="utf-8") == "a few words"
+    proc = cli("imatrix", folder, "-o", folder / "imatrix.gguf", check=False)
+    assert_one_line_error(proc, "input")
+    assert not (folder / "imatrix.gguf").exists()
     for label, (args, needles) in cases.items():
         out = tmp_path / f"{label.replace(' ', '-')}.gguf"
         proc = cli("imatrix", *args, "-o", out, check=False)  # in-process: no interpreter start per case

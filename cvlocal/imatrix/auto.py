@@ -30,6 +30,7 @@ def compute_to_file(
     from cvlocal.imatrix.collect import compute_imatrix
 
     check_output_path(out, force)
+    _refuse_input_as_output(out, [Path(model), *map(Path, options.get("text_files") or ())])
     with item_progress(quiet) as progress:
         task = None
 
@@ -46,6 +47,15 @@ def compute_to_file(
     with atomic_output(out, force=force) as tmp:
         write(result.matrix, tmp)
     return result
+
+
+def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
+    """The output may not be, contain or lie inside an input, whatever --force says."""
+    target = Path(out).resolve()
+    for path in inputs:
+        real = path.resolve()
+        if target == real or real in target.parents or target in real.parents:
+            raise UsageError("the output would write over or into an input", out, f"Choose an output outside {path}.")
 
 
 def auto_path(source: Path, beside: Path) -> Path:
