@@ -105,7 +105,11 @@ def _quantize_options(args: argparse.Namespace, outputs: list[Path]):
     for path in outputs:
         check_output_path(path, args.force)
     overrides = [parse_tensor_type(spec) for spec in args.tensor_type]
-    needs_imatrix(lambda: require_imatrix(parse_outtypes(args.outtype), args.imatrix is not None, overrides))
+    types = parse_outtypes(args.outtype)
+    needs_imatrix(lambda: require_imatrix(types, args.imatrix is not None, overrides))
+    if args.imatrix and all(t.direct for t in types):
+        warn(f"--imatrix is not used: {args.outtype} is written by cvlocal's own writer, not llama.cpp's quantizer")
+        return options_for(None, args.tensor_type)
     imatrix = resolve_imatrix(args.imatrix, args.model, outputs[0], quiet=args.quiet or args.json, force=args.force)
     return options_for(imatrix, args.tensor_type)
 
