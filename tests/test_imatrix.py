@@ -18,11 +18,10 @@ import torch
 
 from convert.imatrix_file import read_imatrix, write_imatrix_dat
 from cvlocal.imatrix.collect import compute_imatrix
-from tests.merge_helpers import assert_one_line_error, cli, cli_proc, leftovers
+from tests.imatrix_fixtures import CALIBRATION_TEXT as TEXT, CTX
+from tests.merge_helpers import assert_one_line_error, cli, leftovers
 
-CTX = 32
 CHUNKS = 3
-TEXT = ("The slow train stops at every village; the baker waves, the river shines, and the children count the bridges. " * 12)
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -112,7 +111,7 @@ def test_matrix_equals_the_definition_on_a_real_model(computed):
 def test_file_is_llama_cpp_format_with_the_model_tensor_names(computed, tiny_gguf, tmp_path):
     folder, text, result = computed
     out = tmp_path / "imatrix.gguf"
-    proc = cli_proc("imatrix", folder, "-o", out, "--text", text, "--ctx", CTX, "--chunks", CHUNKS, "--device", "cpu", "--json")
+    proc = cli("imatrix", folder, "-o", out, "--text", text, "--ctx", CTX, "--chunks", CHUNKS, "--device", "cpu", "--json")
     assert out.is_file() and '"tokens_per_second"' in proc.stdout
     reader = gguf.GGUFReader(out)
     f = reader.fields

@@ -11,21 +11,8 @@ import gguf
 import pytest
 
 from convert.imatrix_file import read_imatrix, write_imatrix_gguf
+from tests.imatrix_fixtures import tiny_imatrix  # noqa: F401 (a fixture)
 from tests.merge_helpers import assert_one_line_error, cli, leftovers
-
-TEXT = ("The slow train stops at every village; the baker waves, the river shines, and the children count the bridges. " * 12)
-
-
-@pytest.fixture(scope="module")
-def matrix_file(tiny_family, tmp_path_factory) -> Path:
-    from cvlocal.imatrix.collect import compute_imatrix
-
-    root = tmp_path_factory.mktemp("imatrix-cmd")
-    text = root / "story.txt"
-    text.write_text(TEXT, encoding="utf-8")
-    out = root / "imatrix.gguf"
-    write_imatrix_gguf(compute_imatrix(tiny_family("llama2").chat, text_files=[text], ctx=32, chunks=2).matrix, out)
-    return out
 
 
 def _keys(path: Path) -> dict[str, object]:
@@ -56,10 +43,10 @@ def test_convert_with_auto_matrix_keeps_it_beside_the_outputs(tiny_family, tmp_p
     assert not leftovers(tmp_path, "again.gguf")
 
 
-def test_convert_and_merge_refuse_before_work(tiny_family, tmp_path, matrix_file):
+def test_convert_and_merge_refuse_before_work(tiny_family, tmp_path, tiny_imatrix):
     fam = tiny_family("llama2")
     merge = ["merge", fam.cp, "--base", fam.base, "--chat", fam.chat]
-    other = read_imatrix(matrix_file)
+    other = read_imatrix(tiny_imatrix)
     other.sums["blk.5.attn_q.weight"], other.counts["blk.5.attn_q.weight"] = other.sums["blk.0.attn_q.weight"], other.counts["blk.0.attn_q.weight"]
     write_imatrix_gguf(other, tmp_path / "other-model.gguf")
     cases = {
@@ -78,17 +65,17 @@ def test_convert_and_merge_refuse_before_work(tiny_family, tmp_path, matrix_file
         assert not leftovers(tmp_path, out.name), label
 
 
-def test_one_pass_merge_quantizes_with_the_matrix(tiny_family, tmp_path, matrix_file):
+def test_one_pass_merge_quantizes_with_the_matrix(tiny_family, tmp_path, tiny_imatrix):
     fam = tiny_family("llama2")
     out = tmp_path / "merged.gguf"
-    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "-o", out, "--outtype", "q2_k_s", "--imatrix", matrix_file,
+    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "-o", out, "--outtype", "q2_k_s", "--imatrix", tiny_imatrix,
         "--tensor-type", "ffn_down=q4_k", "-q")
-    assert _keys(out)["quantize.imatrix.file"] == str(matrix_file)
+    assert _keys(out)["quantize.imatrix.file"] == str(tiny_imatrix)
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
     assert types["blk.1.ffn_down.weight"] == "Q4_K" and types["blk.1.ffn_gate.weight"] == "Q2_K"
 
 
-def test_release_records_the_matrix_in_card_and_files(tiny_gguf, tmp_path, matrix_file):
+def test_release_records_the_matrix_in_card_and_files(tiny_gguf, tmp_path, tiny_imatrix):
     import hashlib
 
     from convert.quant_tables import parse_outtypes
@@ -96,17 +83,17 @@ def test_release_records_the_matrix_in_card_and_files(tiny_gguf, tmp_path, matri
 
     out = tmp_path / "rel"
     req = ReleaseRequest(source=tiny_gguf("llama2", "f16"), out=out, types=parse_outtypes("q2_k_s"), threads=1, ctx=64, chunks=1,
-                         imatrix=matrix_file, tensor_types=("attn_v=q6_k",))
+                         imatrix=tiny_imatrix, tensor_types=("attn_v=q6_k",))
     report = release(req)
     assert not report.failed
     shipped = out / report.outcomes[0].file
     assert _keys(shipped)["quantize.imatrix.entries_count"] == 14
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert hashlib.sha256(matrix_file.read_bytes()).hexdigest() in card
-    assert "2 windows of 32 tokens" in card and "story.txt" in card and "`attn_v=q6_k`" in card
+    assert hashlib.sha256(tiny_imatrix.read_bytes()).hexdigest() in card
+    assert "4 windows of 32 tokens" in card and "story.txt" in card and "`attn_v=q6_k`" in card
     # the same folder with another matrix is another release: refused without --force
     other = tmp_path / "other.gguf"
-    m = read_imatrix(matrix_file)
+    m = read_imatrix(tiny_imatrix)
     m.sums = {k: v * 2 for k, v in m.sums.items()}
     write_imatrix_gguf(m, other)
     from cvlocal.errors import UsageError

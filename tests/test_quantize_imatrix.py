@@ -17,21 +17,8 @@ import numpy as np
 import pytest
 
 from convert.imatrix_file import Imatrix, read_imatrix, write_imatrix_gguf
+from tests.imatrix_fixtures import tiny_imatrix  # noqa: F401 (a fixture)
 from tests.merge_helpers import ROOT, assert_one_line_error, cli, leftovers
-
-TEXT = ("The slow train stops at every village; the baker waves, the river shines, and the children count the bridges. " * 12)
-
-
-@pytest.fixture(scope="module")
-def matrix_file(tiny_family, tmp_path_factory) -> Path:
-    from cvlocal.imatrix.collect import compute_imatrix
-
-    root = tmp_path_factory.mktemp("imatrix")
-    text = root / "story.txt"
-    text.write_text(TEXT, encoding="utf-8")
-    out = root / "imatrix.gguf"
-    write_imatrix_gguf(compute_imatrix(tiny_family("llama2").chat, text_files=[text], ctx=32, chunks=4).matrix, out)
-    return out
 
 
 def _types(path: Path) -> dict[str, str]:
@@ -56,25 +43,25 @@ def _generates(path: Path) -> None:
 
 
 @pytest.mark.parametrize("qtype,tensor_type", [("iq2_xs", "IQ2_XS"), ("iq3_xxs", "IQ3_XXS"), ("q2_k_s", "Q2_K")])
-def test_low_bit_types_with_the_matrix_load_and_generate(tiny_gguf, matrix_file, tmp_path, qtype, tensor_type):
+def test_low_bit_types_with_the_matrix_load_and_generate(tiny_gguf, tiny_imatrix, tmp_path, qtype, tensor_type):
     out = tmp_path / f"m-{qtype}.gguf"
-    proc = cli("quantize", tiny_gguf("llama2", "f16"), "-o", out, "--type", qtype, "--imatrix", matrix_file, "--threads", "2", "-q")
+    proc = cli("quantize", tiny_gguf("llama2", "f16"), "-o", out, "--type", qtype, "--imatrix", tiny_imatrix, "--threads", "2", "-q")
     assert proc.returncode == 0
     types = _types(out)
     assert tensor_type in {types[n] for n in types if n.startswith("blk.")}
     # llama-quantize's quantize.imatrix.* keys
-    assert _field(out, "quantize.imatrix.file") == str(matrix_file)
+    assert _field(out, "quantize.imatrix.file") == str(tiny_imatrix)
     assert _field(out, "quantize.imatrix.entries_count") == 14
     assert _field(out, "quantize.imatrix.chunks_count") == 4
     assert _field(out, "quantize.imatrix.dataset").endswith("story.txt")
     _generates(out)
 
 
-def test_matrix_and_tensor_types_reach_llama_cpp(tiny_gguf, matrix_file, tmp_path):
+def test_matrix_and_tensor_types_reach_llama_cpp(tiny_gguf, tiny_imatrix, tmp_path):
     f16 = tiny_gguf("llama2", "f16")
     plain, weighted, mixed = tmp_path / "plain.gguf", tmp_path / "weighted.gguf", tmp_path / "mixed.gguf"
     cli("quantize", f16, "-o", plain, "--type", "q4_k_m", "-q")
-    cli("quantize", f16, "-o", weighted, "--type", "q4_k_m", "--imatrix", matrix_file, "-q")
+    cli("quantize", f16, "-o", weighted, "--type", "q4_k_m", "--imatrix", tiny_imatrix, "-q")
     cli("quantize", f16, "-o", mixed, "--type", "q4_k_m", "--tensor-type", "attn_v=q8_0", "--tensor-type", r"blk\.1\.ffn_down=q5_k", "-q")
     a, b = gguf.GGUFReader(plain), gguf.GGUFReader(weighted)
     blocks = [t.name for t in a.tensors if t.name.startswith("blk.") and t.name.endswith("attn_q.weight")]
@@ -98,9 +85,9 @@ def test_requantize_needs_the_flag_and_warns(tiny_gguf, tmp_path):
     _generates(out)
 
 
-def test_bad_matrices_and_options_are_refused_before_work(tiny_gguf, matrix_file, tmp_path):
+def test_bad_matrices_and_options_are_refused_before_work(tiny_gguf, tiny_imatrix, tmp_path):
     f16 = tiny_gguf("llama2", "f16")
-    good = read_imatrix(matrix_file)
+    good = read_imatrix(tiny_imatrix)
 
     def variant(name: str, change) -> Path:
         m = Imatrix({k: v.copy() for k, v in good.sums.items()}, {k: v.copy() for k, v in good.counts.items()}, good.datasets, good.chunk_count, good.chunk_size)
@@ -113,7 +100,7 @@ def test_bad_matrices_and_options_are_refused_before_work(tiny_gguf, matrix_file
     narrow = variant("other-sizes.gguf", lambda m: m.sums.__setitem__("blk.0.attn_q.weight", m.sums["blk.0.attn_q.weight"][:, :128].copy()))
     nan = variant("nan.gguf", lambda m: m.sums["blk.1.ffn_up.weight"].__setitem__((0, 3), np.nan))
     truncated = tmp_path / "truncated.gguf"
-    truncated.write_bytes(matrix_file.read_bytes()[: matrix_file.stat().st_size // 2])
+    truncated.write_bytes(tiny_imatrix.read_bytes()[: tiny_imatrix.stat().st_size // 2])
     cases = {
         "imatrix for another model (names)": (["--type", "iq2_xs", "--imatrix", extra], ("blk.7.attn_q.weight", "another model")),
         "imatrix for another model (sizes)": (["--type", "iq2_xs", "--imatrix", narrow], ("blk.0.attn_q.weight", "another model")),
