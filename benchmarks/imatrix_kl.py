@@ -8,8 +8,8 @@ language, measured the way ``cvlocal release`` measures its quality table (``lla
 The model is a trained one: by default the demo CP model (``assets/demo/cp``: language A is
 English-like, language B Traditional Chinese; trained by ``assets/demo/train.py``). Calibration and
 evaluation texts are disjoint: the calibration facts are about the demo's *chat* countries, the
-evaluation facts about its *test* countries, in each language (sentences from ``world.json``'s
-templates), so no matrix has seen the text it is scored on.
+evaluation facts about its *test* countries, in each language (facts and questions from
+``world.json``'s templates), so no matrix has seen the text it is scored on.
 
 Limitation, stated in the output: the shipped demo model has hidden size 128, so its rows are not
 multiples of 256 and llama.cpp replaces the k-quant and IQ types of those tensors by its fallbacks
@@ -37,7 +37,7 @@ MATRICES = ("none", "en", "zh-Hant+en")
 
 
 def demo_texts(world_path: Path, group: str, seed: int) -> dict[str, str]:
-    """Facts in A (en) and B (zh-Hant) about the countries of ``group``, shuffled, one per line."""
+    """Facts and questions in A (en) and B (zh-Hant) about the countries of ``group``, shuffled."""
     world = json.loads(world_path.read_text(encoding="utf-8"))
     rng = random.Random(seed)
     lines: dict[str, list[str]] = {"en": [], "zh-Hant": []}
@@ -49,6 +49,8 @@ def demo_texts(world_path: Path, group: str, seed: int) -> dict[str, str]:
             b_value = a_value if attr == "capital" else world["values"][attr][a_value]
             lines["en"].append(a_tpl.format(e=c["name"], v=a_value))
             lines["zh-Hant"].append(world["templates"]["B_fact"][attr].format(e=c["name"], v=b_value))
+            lines["en"].append(world["templates"]["A_question"][attr].format(e=c["name"]))
+            lines["zh-Hant"].append(world["templates"]["B_question"][attr].format(e=c["name"]))
     for v in lines.values():
         rng.shuffle(v)
     return {lang: " ".join(v) for lang, v in lines.items()}
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = {lang: windows.languages.count(lang) * scoring.scored_count(args.ctx) for lang in evaluation}
     lines = [
         f"Model: `{args.model}` (rows multiples of 256: {'yes' if rows_256 else 'NO: llama.cpp used fallback types for k-quant/IQ tensors'}). "
-        f"Matrices on {args.ctx}-token windows of the demo's chat-country facts; scored on test-country facts "
+        f"Matrices on {args.ctx}-token windows of the demo's chat-country facts and questions; scored on test-country ones "
         f"({tokens.get('zh-Hant', 0)} zh-Hant and {tokens.get('en', 0)} en tokens) against the f16 file.",
         "",
         "| type | matrix | mean KLD zh-Hant | top-1 zh-Hant | mean KLD en | top-1 en |",
