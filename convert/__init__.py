@@ -8,7 +8,12 @@ A library with a small, flat API (no CLI, no rich, no import of cvlocal):
 - ``convert.atomic``: write to a temporary name, rename when complete.
 - ``convert.convert_model``: ``convert_checkpoint``, ``write_gguf`` / ``write_ggufs`` (from a folder
   or a merge's tensor stream), ``quantize_gguf``, ``gguf_file_name``, ``output_paths``.
-- ``convert.quant_tables``: ``OUTTYPES``, the output types by name.
+- ``convert.quant_tables``: ``OUTTYPES``, the output types by name; ``parse_tensor_type`` for
+  per-tensor overrides.
+- ``convert.llama_quantize``: llama.cpp's quantizer in a child process (interruptible), with
+  ``QuantizeOptions`` (importance matrix, per-tensor types, requantize).
+- ``convert.imatrix_file``: llama.cpp's imatrix files (GGUF and legacy .dat), read, written and
+  checked against a model.
 """
 from convert.errors import ConvertError
 

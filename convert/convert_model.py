@@ -33,11 +33,11 @@ from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
 from convert.hub_cache import model_folder
-from convert.llama_quantize import QuantizeError, llama_quantize
+from convert.llama_quantize import QuantizeError, QuantizeOptions, TensorProgress, llama_quantize
 from convert.metadata import file_name
 from convert.output_policy import refuse_overlap
 from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
-from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype
+from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype, require_imatrix
 from convert.transcode import transcode
 
 Stage = Callable[[str], None]
@@ -67,6 +67,7 @@ def write_ggufs(
     on_stage: Stage | None = None,
     on_warning: Callable[[str], None] | None = None,
     origin: str | Path | None = None,
+    quantize: QuantizeOptions | None = None,
 ) -> dict[str, Path]:
     """Write one GGUF per output type (``{"f16": path, "q4_k_m": path}``) reading the source once.
 
@@ -74,13 +75,16 @@ def write_ggufs(
     shape); without them the weights come from ``source_dir``'s checkpoint files.
     ``threads`` is for q8_0/bf16 encoding and llama.cpp's quantizer (default: the usable CPUs).
     ``on_progress(name, nbytes)`` follows each source tensor, ``on_stage(text)`` announces each
-    derived output, ``on_warning(text)`` reports tokenizer caveats. ``origin`` is where the files
-    of ``source_dir`` came from when it is a temporary folder (a one-pass merge's side files are the
-    CP model's): an error about one of them names the file there. Returns the written paths.
+    derived output, ``on_warning(text)`` reports tokenizer caveats. ``quantize`` carries the
+    importance matrix, per-tensor types and requantize flag for the types llama.cpp makes.
+    ``origin`` is where the files of ``source_dir`` came from when it is a temporary folder (a
+    one-pass merge's side files are the CP model's): an error about one of them names the file
+    there. Returns the written paths.
     """
     folder = model_folder(source_dir)
     try:
-        return _write_ggufs(folder, outputs, plan, tensors, threads, force, metadata, on_progress, on_stage, on_warning)
+        return _write_ggufs(folder, outputs, plan, tensors, threads, force, metadata, on_progress, on_stage, on_warning,
+                            quantize)
     except ConvertError as err:
         if origin is None or str(folder) not in str(err):
             raise
@@ -90,10 +94,12 @@ def write_ggufs(
 def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePlan | None,
                  tensors: Iterable[tuple[str, torch.Tensor]] | None, threads: int | None, force: bool,
                  metadata: Mapping[str, Any] | None, on_progress: Progress | None, on_stage: Stage | None,
-                 on_warning: Callable[[str], None] | None) -> dict[str, Path]:
+                 on_warning: Callable[[str], None] | None, quantize: QuantizeOptions | None) -> dict[str, Path]:
     wanted = {lookup_outtype(name): check_output_path(Path(path), force) for name, path in outputs.items()}
     if not wanted:
         raise ConvertError("no output type given", fix=f"Choose from: {', '.join(OUTTYPES)}.")
+    quantize = quantize or QuantizeOptions()
+    require_imatrix(list(wanted), quantize.imatrix is not None, quantize.tensor_types)
     if len({p.resolve() for p in wanted.values()}) != len(wanted):
         raise ConvertError("two output types would write the same file", fix="Use a folder or a name with {type}.")
     refuse_overlap(wanted.values(), [folder])
@@ -103,6 +109,10 @@ def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePl
         single = next(iter(wanted)) if len(wanted) == 1 else None
         first_type = single if single is not None and single.direct else OUTTYPES[_LOSSLESS[base_type]]
         conv = prepare(folder, source, first_type, metadata)
+        if quantize.imatrix is not None and not all(t.direct for t in wanted):  # a matrix for another model: before any work
+            from convert.imatrix_file import check_against_model, read_imatrix
+
+            check_against_model(read_imatrix(quantize.imatrix), {t.gguf_name: tuple(reversed(t.shape)) for t in conv.tensors}, quantize.imatrix)
         for warning in conv.warnings:
             if on_warning is not None:
                 on_warning(warning)
@@ -111,18 +121,19 @@ def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePl
             with atomic_output(wanted[first_type], force=force) as tmp:
                 write_direct(conv, tmp, stream, on_progress, threads, on_warning)
             written[first_type.name] = wanted[first_type]
-            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written)
+            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written, quantize)
             return written
         with scratch(next(iter(wanted.values())), "intermediate.gguf") as hidden:
             write_direct(conv, hidden, stream, on_progress, threads, on_warning)
-            _derive(hidden, wanted, threads, force, on_stage, written)
+            _derive(hidden, wanted, threads, force, on_stage, written, quantize)
         return written
     finally:
         if ckpt is not None:
             ckpt.close()
 
 
-def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, force: bool, on_stage: Stage | None, written: dict[str, Path]) -> None:
+def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, force: bool, on_stage: Stage | None, written: dict[str, Path],
+            quantize: QuantizeOptions | None = None) -> None:
     """Make each target type from a lossless float GGUF: re-encode direct types, quantize the rest."""
     for out_type, path in targets.items():
         if on_stage is not None:
@@ -131,15 +142,16 @@ def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, 
             if out_type.direct:
                 transcode(source, tmp, out_type, threads=threads)
             else:
-                _quantize(source, tmp, path, out_type, threads)
+                _quantize(source, tmp, path, out_type, threads, quantize)
         written[out_type.name] = path
 
 
-def _quantize(source: Path, tmp: Path, target: Path, out_type: OutType, threads: int | None) -> None:
+def _quantize(source: Path, tmp: Path, target: Path, out_type: OutType, threads: int | None,
+              quantize: QuantizeOptions | None, on_tensor: TensorProgress | None = None) -> None:
     """llama.cpp's quantizer into ``tmp``; a full disk, a file size limit or a read-only file system
     becomes the OSError it is, naming ``target`` (llama.cpp says only "iostream error")."""
     try:
-        llama_quantize(source, tmp, out_type, threads)
+        llama_quantize(source, tmp, out_type, threads, quantize, on_tensor)
     except QuantizeError:
         fault = _write_fault(tmp)
         if fault is None:
@@ -205,23 +217,46 @@ def convert_checkpoint(
     return write_gguf(model_dir, out, outtype, threads=threads, force=force, metadata=metadata, on_progress=on_progress)
 
 
-def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int | None = None, force: bool = False) -> Path:
+class RequantizeRefused(ConvertError):
+    """The input of a quantization is already quantized and requantizing was not allowed."""
+
+    def __init__(self, quantized: list[str], path: Path, fix: str = "Quantize from the f16, bf16 or f32 GGUF, or allow requantizing (llama.cpp's allow_requantize).") -> None:
+        self.quantized = quantized
+        super().__init__(f"the input is already quantized ({', '.join(quantized)} tensors); requantizing compounds the quantization error", path, fix)
+
+
+def quantize_gguf(
+    inp: str | Path,
+    out: str | Path,
+    qtype: str,
+    *,
+    threads: int | None = None,
+    force: bool = False,
+    quantize: QuantizeOptions | None = None,
+    on_tensor: TensorProgress | None = None,
+) -> Path:
     """Make a ``qtype`` GGUF from a float (f32/f16/bf16) GGUF ``inp``; returns the output path.
 
     ``out`` may be a file, a folder (naming-convention name from the input's metadata) or a name
-    with ``{type}``. Direct types are re-encoded by our writer, others quantized by llama.cpp.
+    with ``{type}``. Direct types are re-encoded by our writer, others quantized by llama.cpp
+    (with ``quantize``'s importance matrix, per-tensor types and requantize flag). An already
+    quantized input is refused unless ``quantize.allow_requantize``; a matrix made for another
+    model is refused before any work.
     """
     inp = Path(inp)
     out_type = lookup_outtype(qtype)
+    quantize = quantize or QuantizeOptions()
+    require_imatrix([out_type], quantize.imatrix is not None, quantize.tensor_types)
     with read_gguf(inp) as src:
         if not src.architecture:
             raise ConvertError("no general.architecture in the GGUF metadata", inp, "Pass a model GGUF.")
         quantized = sorted({t.ggml_type.name for t in src.tensors if t.ggml_type not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)})
-        if quantized:
-            raise ConvertError(
-                f"the input is already quantized ({', '.join(quantized)} tensors)", inp,
-                "Quantize from the f16, bf16 or f32 GGUF (cvlocal convert --outtype bf16).",
-            )
+        if quantized and not quantize.allow_requantize:
+            raise RequantizeRefused(quantized, inp)
+        if quantize.imatrix is not None:
+            from convert.imatrix_file import check_against_model, read_imatrix
+
+            check_against_model(read_imatrix(quantize.imatrix), {t.name: tuple(reversed(t.shape)) for t in src.tensors}, quantize.imatrix)
         general = {k: v for k, v in src.metadata.items() if k.startswith("general.")}
     target = Path(out)
     if has_placeholder(target):
@@ -230,8 +265,8 @@ def quantize_gguf(inp: str | Path, out: str | Path, qtype: str, *, threads: int 
         target = target / file_name(general, out_type.label)
     refuse_overlap([target], [inp])
     with atomic_output(target, force=force) as tmp:
-        if out_type.direct:
+        if out_type.direct and not quantized:
             transcode(inp, tmp, out_type, threads=threads)
-        else:
-            _quantize(inp, tmp, target, out_type, threads)
+        else:  # llama.cpp also dequantizes, when requantizing is allowed
+            _quantize(inp, tmp, target, out_type, threads, quantize, on_tensor)
     return target

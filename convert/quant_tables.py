@@ -7,12 +7,16 @@
 names from ``tools/quantize/quantize.cpp``.
 
 Types whose low-bit tensors llama.cpp refuses to make without an importance matrix (its
-``tensor_requires_imatrix``, plus IQ3_XS whose mix uses IQ3_XXS tensors) are kept in
-``NEEDS_IMATRIX`` so they can be refused with a clear message before any work.
+``tensor_requires_imatrix``: IQ1/IQ2/IQ3_XXS tensors and the Q2_K tensors of a Q2_K_S file, so also
+IQ3_XS and IQ2_M whose mixes use them) carry ``needs_imatrix``; ``require_imatrix`` refuses them
+with a clear message before any work when no matrix is given. ``TENSOR_TYPES`` are the GGML tensor
+types a per-tensor override (llama-quantize's ``--tensor-type PATTERN=TYPE``) may name.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
@@ -77,6 +81,7 @@ class OutType:
     label: str           # encoding in file names and messages: "Q4_K_M"
     direct: bool         # written by convert's own writer (f32/f16/bf16/q8_0)
     ggml_type: GGMLType | None = None  # the tensor type of 2-D weights, for direct types
+    needs_imatrix: bool = False  # llama.cpp refuses to make it without an importance matrix
 
 
 _DIRECT = [
@@ -103,6 +108,15 @@ _VIA_LLAMA_CPP = [
     OutType("iq3_s", 26, "IQ3_S", False),
     OutType("iq3_m", 27, "IQ3_M", False),
     OutType("iq4_xs", 30, "IQ4_XS", False),
+    OutType("iq2_xxs", 19, "IQ2_XXS", False, needs_imatrix=True),
+    OutType("iq2_xs", 20, "IQ2_XS", False, needs_imatrix=True),
+    OutType("q2_k_s", 21, "Q2_K_S", False, needs_imatrix=True),
+    OutType("iq3_xs", 22, "IQ3_XS", False, needs_imatrix=True),
+    OutType("iq3_xxs", 23, "IQ3_XXS", False, needs_imatrix=True),
+    OutType("iq1_s", 24, "IQ1_S", False, needs_imatrix=True),
+    OutType("iq2_s", 28, "IQ2_S", False, needs_imatrix=True),
+    OutType("iq2_m", 29, "IQ2_M", False, needs_imatrix=True),
+    OutType("iq1_m", 31, "IQ1_M", False, needs_imatrix=True),
 ]
 
 OUTTYPES: dict[str, OutType] = {t.name: t for t in _DIRECT + _VIA_LLAMA_CPP}
@@ -111,11 +125,9 @@ OUTTYPES: dict[str, OutType] = {t.name: t for t in _DIRECT + _VIA_LLAMA_CPP}
 # llama.cpp's short aliases (quantize.cpp): Q3_K is Q3_K_M, Q4_K is Q4_K_M, Q5_K is Q5_K_M.
 ALIASES: dict[str, str] = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
 
-# Types llama.cpp only makes with an importance matrix (we do not compute one yet).
-NEEDS_IMATRIX: dict[str, int] = {
-    "iq2_xxs": 19, "iq2_xs": 20, "q2_k_s": 21, "iq3_xs": 22, "iq3_xxs": 23,
-    "iq1_s": 24, "iq2_s": 28, "iq2_m": 29, "iq1_m": 31,
-}
+NEEDS_IMATRIX: dict[str, int] = {t.name: t.ftype for t in _VIA_LLAMA_CPP if t.needs_imatrix}
+"""Types llama.cpp only makes with an importance matrix, by name (their llama_ftype)."""
+
 # Types that exist in llama.cpp but make no sense for the dense models we convert.
 NOT_OFFERED: dict[str, str] = {
     "tq1_0": "a ternary format for models trained with ternary weights (BitNet)",
@@ -133,11 +145,6 @@ def outtype(name: str) -> OutType:
     if key in OUTTYPES:
         return OUTTYPES[key]
     known = ", ".join(OUTTYPES)
-    if key in NEEDS_IMATRIX:
-        raise ConvertError(
-            f"output type {name!r} needs an importance matrix (imatrix), which cvlocal does not compute yet",
-            fix=f"Choose a type that does not need one: {known}.",
-        )
     if key in NOT_OFFERED:
         raise ConvertError(f"output type {name!r} is {NOT_OFFERED[key]}", fix=f"Choose one of: {known}.")
     raise ConvertError(f"unknown output type {name!r}", fix=f"Choose one of: {known}.")
@@ -156,3 +163,54 @@ def parse_outtypes(spec: str | list[str] | tuple[str, ...]) -> list[OutType]:
     if not result:
         raise ConvertError("no output type given", fix=f"Pass --outtype with one or more of: {', '.join(OUTTYPES)}.")
     return result
+
+
+class ImatrixRequired(ConvertError):
+    """A type that needs an importance matrix was asked for without one (``needing`` names them)."""
+
+    def __init__(self, needing: list[str], fix: str) -> None:
+        self.needing = needing
+        super().__init__(f"{', '.join(needing)} needs an importance matrix (imatrix): without one llama.cpp's result is garbage", fix=fix)
+
+
+def require_imatrix(types: Sequence[OutType], have_imatrix: bool, tensor_types: Sequence[tuple[str, GGMLType]] = ()) -> None:
+    """Refuse, before any work, types (or per-tensor overrides) llama.cpp only makes with an importance matrix."""
+    if have_imatrix:
+        return
+    needing = [t.name for t in types if t.needs_imatrix]
+    needing += [f"{pattern}={ggml.name.lower()}" for pattern, ggml in tensor_types if ggml in IMATRIX_TENSOR_TYPES]
+    if needing:
+        plain = ", ".join(t.name for t in OUTTYPES.values() if not t.needs_imatrix)
+        raise ImatrixRequired(needing, f"Give the quantizer an imatrix GGUF, or choose a type that does not need one: {plain}.")
+
+
+# Tensor types llama.cpp's tensor_requires_imatrix names (Q2_K only inside a Q2_K_S file).
+IMATRIX_TENSOR_TYPES = frozenset({GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S, GGMLType.IQ1_M, GGMLType.IQ1_S})
+
+# GGML tensor types a per-tensor override may name: the float types and every quantized type
+# llama.cpp can produce from floats (not the activation-only Q8_1/Q8_K, nor integer types).
+TENSOR_TYPES: dict[str, GGMLType] = {
+    t.name.lower(): t
+    for t in GGMLType
+    if t not in (GGMLType.Q8_1, GGMLType.Q8_K, GGMLType.I8, GGMLType.I16, GGMLType.I32, GGMLType.I64, GGMLType.F64)
+}
+
+
+def parse_tensor_type(spec: str) -> tuple[str, GGMLType]:
+    """``"attn_v=q6_k"`` to (pattern, GGML type), as llama-quantize's ``--tensor-type`` reads it.
+
+    The pattern is lower-cased and used by llama.cpp as a regular expression searched in each
+    tensor name (``token_embd``, ``blk\\.[0-3]\\.ffn_down``); the first matching override wins.
+    """
+    pattern, sep, type_name = spec.partition("=")
+    pattern = pattern.strip().lower()
+    type_name = type_name.strip().lower()
+    if not sep or not pattern or not type_name:
+        raise ConvertError(f"malformed tensor type {spec!r}", fix="Write PATTERN=TYPE, e.g. attn_v=q6_k or token_embd=q8_0.")
+    if type_name not in TENSOR_TYPES:
+        raise ConvertError(f"unknown tensor type {type_name!r} in {spec!r}", fix=f"Choose one of: {', '.join(TENSOR_TYPES)}.")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConvertError(f"tensor pattern {pattern!r} is not a regular expression ({err})", fix="Escape special characters, e.g. blk\\.0\\.attn_v.") from None
+    return pattern, TENSOR_TYPES[type_name]

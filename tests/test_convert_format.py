@@ -17,7 +17,7 @@ from convert.gguf_constants import GGMLType, GGUFValueType
 from convert.gguf_writer import GGUFWriter
 from convert.metadata import file_name, name_parts, size_label
 from convert.pretokenizers import detect_pre_tokenizer
-from convert.quant_tables import NEEDS_IMATRIX, OUTTYPES, outtype, parse_outtypes
+from convert.quant_tables import NEEDS_IMATRIX, OUTTYPES, outtype, parse_outtypes, require_imatrix
 from convert.quantize_q8 import dequantize_q8_0, quantize_q8_0
 from convert.tensor_encoding import encode
 from convert.tensor_plan import permute_rotary, tensor_type
@@ -163,9 +163,12 @@ def test_ftype_numbers_match_llama_cpp_file_types():
 def test_outtype_names_aliases_and_refusals():
     assert outtype("Q4_K").name == "q4_k_m"
     assert [t.name for t in parse_outtypes("f16, q8_0,f16")] == ["f16", "q8_0"]
-    for name in NEEDS_IMATRIX:
+    for name in NEEDS_IMATRIX:  # offered, but refused before any work when no matrix is given
+        assert outtype(name).needs_imatrix
         with pytest.raises(ConvertError, match="importance matrix"):
-            outtype(name)
+            require_imatrix([outtype(name)], have_imatrix=False)
+        require_imatrix([outtype(name)], have_imatrix=True)
+    assert set(NEEDS_IMATRIX) == {"iq2_xxs", "iq2_xs", "q2_k_s", "iq3_xs", "iq3_xxs", "iq1_s", "iq2_s", "iq2_m", "iq1_m"}
     with pytest.raises(ConvertError, match="unknown output type 'q9'.*q4_k_m"):
         outtype("q9")
 

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from cvlocal.imatrix.auto import add_quantize_flags, imatrix_input as _imatrix_input
 from cvlocal.ui import byte_progress, say, warn
 
 
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--outtype", default="f16", help="f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, iq4_xs, ... or a comma-separated list (default f16)")
     p.add_argument("--threads", type=int, help="threads for q8_0/bf16 encoding and llama.cpp's quantizer (default: all cores)")
     p.add_argument("--name", help="model name recorded in general.name (and used for convention file names)")
+    add_quantize_flags(p)
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     at_least("--threads", args.threads)
     metadata = {"general.name": args.name} if args.name else None
     outputs = output_paths(args.output, args.outtype, args.model, metadata=metadata)
-    refuse_overlap(outputs.values(), [args.model])
+    refuse_overlap(outputs.values(), [args.model, _imatrix_input(args)])
+    quantize = _quantize_options(args, list(outputs.values()))
     with open_checkpoint(args.model) as ckpt:
         total = ckpt.total_bytes()
     started = time.monotonic()
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = write_ggufs(
             args.model, outputs, threads=args.threads, force=args.force, metadata=metadata,
-            on_progress=on_progress, on_stage=on_stage, on_warning=on_warning,
+            on_progress=on_progress, on_stage=on_stage, on_warning=on_warning, quantize=quantize,
         )
         if task is not None:
             progress.update(task, description="done", detail="")
@@ -96,3 +99,22 @@ def run(args: argparse.Namespace) -> int:
             say(f"wrote {f['path']} ({f['type']}, {f['bytes'] / 1e6:.1f} MB)", args.quiet)
         say(f"{len(files)} file(s) in {seconds:.1f} s", args.quiet)
     return 0
+
+
+def _quantize_options(args: argparse.Namespace, outputs: list[Path]):
+    """Check the outputs and the quantize flags, then resolve ``--imatrix auto`` (computed from the source)."""
+    from convert.atomic import check_output_path
+    from convert.quant_tables import parse_outtypes, parse_tensor_type, require_imatrix
+    from cvlocal.imatrix.auto import needs_imatrix, options_for, resolve_imatrix
+
+    for path in outputs:
+        check_output_path(path, args.force)
+    overrides = [parse_tensor_type(spec) for spec in args.tensor_type]
+    types = parse_outtypes(args.outtype)
+    needs_imatrix(lambda: require_imatrix(types, args.imatrix is not None, overrides))
+    if args.imatrix and all(t.direct for t in types):
+        warn(f"--imatrix is not used: {args.outtype} is written by cvlocal's own writer, not llama.cpp's quantizer")
+        return options_for(None, args.tensor_type)
+    imatrix = resolve_imatrix(args.imatrix, args.model, outputs[0], quiet=args.quiet or args.json, force=args.force)
+    return options_for(imatrix, args.tensor_type)
+

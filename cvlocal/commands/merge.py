@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cvlocal.imatrix.auto import add_quantize_flags, imatrix_input as _imatrix_input
 from cvlocal.ui import human_bytes, say
 
 
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--outtype", help="GGUF type for a .gguf output (f32, f16, bf16, q8_0, q4_k_m, ...; default f16)")
     p.add_argument("--threads", type=int, help="threads for quantization to k-quants")
     p.add_argument("--allow-nonfinite", action="store_true", help="merge even if an input tensor holds NaN or Inf (each is reported; default: refuse)")
+    add_quantize_flags(p)
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         types = parse_outtypes(args.outtype or "f16")
         if has_placeholder(args.output):
             outputs = [args.output.with_name(fill_type(args.output.name, t)) for t in types]
-    refuse_overlap(outputs, [args.cp, args.base, args.chat, *(path for path, _ in vectors)])
+    refuse_overlap(outputs, [args.cp, args.base, args.chat, *(path for path, _ in vectors), _imatrix_input(args)])
+    quantize = _quantize_options(args)
     summary = merge_models(
         args.cp,
         args.output,
@@ -69,9 +72,33 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         quiet=args.quiet or args.json,
         allow_nonfinite=args.allow_nonfinite,
+        quantize=quantize,
     )
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         say(f"wrote {', '.join(summary['files']) if summary.get('format') == 'gguf' else summary['output']}: {summary['tensors']} tensors, {human_bytes(summary['bytes'])}, {summary['seconds']:.1f} s on {summary['device']}", args.quiet)
     return 0
+
+
+def _quantize_options(args: argparse.Namespace):
+    """--imatrix FILE and --tensor-type for a one-pass GGUF output, checked before any merge work."""
+    from convert.quant_tables import parse_outtypes, parse_tensor_type, require_imatrix
+    from cvlocal.errors import UsageError
+    from cvlocal.imatrix.auto import needs_imatrix, options_for
+
+    if not (args.imatrix or args.tensor_type):
+        if args.outtype and args.output.suffix.lower() == ".gguf":
+            needs_imatrix(lambda: require_imatrix(parse_outtypes(args.outtype), False), auto=False)
+        return None
+    if args.output.suffix.lower() != ".gguf":
+        raise UsageError("--imatrix and --tensor-type need an output path ending in .gguf", args.output, "Name the output *.gguf for a one-pass merge to GGUF.")
+    if args.imatrix and args.imatrix.strip().lower() == "auto":
+        raise UsageError("--imatrix auto needs the merged model, which a one-pass merge never writes as a folder", args.output,
+                         "Merge to a folder and run cvlocal convert --imatrix auto on it, or pass --imatrix FILE (cvlocal imatrix on the merged folder).")
+    overrides = [parse_tensor_type(spec) for spec in args.tensor_type]
+    needs_imatrix(lambda: require_imatrix(parse_outtypes(args.outtype or "f16"), args.imatrix is not None, overrides), auto=False)
+    imatrix = Path(args.imatrix) if args.imatrix else None
+    if imatrix is not None and not imatrix.is_file():
+        raise UsageError("importance matrix not found", imatrix, "Pass an imatrix file (cvlocal imatrix MODEL -o imatrix.gguf).")
+    return options_for(imatrix, args.tensor_type)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cvlocal import ui
+from cvlocal.imatrix.auto import add_quantize_flags, imatrix_input as _imatrix_input
 from cvlocal.errors import UsageError, WorkError
 
 DEFAULT_TYPES = "q4_k_m,q5_k_m,q6_k,q8_0,f16"
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--language", default=None, metavar="L[,L...]",
                    help="the model's languages for the card's `language` field, e.g. zh-Hant,en "
                         "(default: the source's model card `language` or GGUF general.languages)")
+    add_quantize_flags(p)
     p.add_argument("--force", action="store_true", help="rebuild everything, even in a folder holding another release")
     p.set_defaults(func=run)
 
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.commands._checks import at_least
 
     at_least("--threads", args.threads)
-    refuse_overlap([args.output], [args.source, args.eval_report, args.heldout])
+    refuse_overlap([args.output], [args.source, args.eval_report, args.heldout, _imatrix_input(args)])
     if args.chunks < 0:
         raise UsageError(f"--chunks {args.chunks} must be 0 (all) or more")
     request = ReleaseRequest(
@@ -125,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         chunks=args.chunks or None,
         force=args.force,
         languages=parse_languages(args.language) if args.language is not None else None,
+        imatrix=args.imatrix,
+        tensor_types=tuple(args.tensor_type),
     )
     quiet = args.quiet or args.json
     with ui.item_progress(quiet) as progress:

@@ -99,6 +99,7 @@ class CardInput:
     eval_summary: list[str] | None = None        # Markdown lines from eval_report.summary_markdown
     languages: list[str] = field(default_factory=list)   # the model's languages (--language or the source's)
     languages_from: str | None = None            # where they came from, for the card's text
+    quantization: list[str] | None = None        # Markdown lines: the importance matrix and per-tensor types
 
 
 def human_size(n: int) -> str:
@@ -340,6 +341,8 @@ def render_card(c: CardInput) -> str:
         by_lang = language_table(c.rows, q.languages, q.tokens_per_language)
         if by_lang:
             lines += ["### By language", ""] + by_lang + [""]
+    if c.quantization:
+        lines += ["### Quantization", ""] + c.quantization + [""]
     if c.failed:
         lines += ["### Types that failed (not shipped)", ""]
         lines += [f"- **{t}**: {reason}" for t, reason in c.failed.items()] + [""]

@@ -66,6 +66,8 @@ class ReleaseRequest:
     chunks: int | None = DEFAULT_CHUNKS     # windows per language (None: all the text gives)
     force: bool = False
     languages: list[str] | None = None      # the model's languages (--language); None: the source's own
+    imatrix: str | Path | None = None       # an importance matrix file, or "auto" (computed from the source)
+    tensor_types: tuple[str, ...] = ()      # llama-quantize's PATTERN=TYPE overrides
 
 
 @dataclass
@@ -136,11 +138,11 @@ def convert_reference(model_dir: Path, out: Path, outtype: str, *, threads: int 
     return convert_checkpoint(model_dir, out, outtype, threads=threads, force=True, metadata=metadata, on_progress=on_progress)
 
 
-def build_file(reference: Path, out: Path, qtype: str, *, threads: int | None) -> None:
+def build_file(reference: Path, out: Path, qtype: str, *, threads: int | None, quantize: Any = None) -> None:
     """Make one type from the reference (llama.cpp's quantizer, or convert's writer for direct types)."""
     from convert.convert_model import quantize_gguf
 
-    quantize_gguf(reference, out, qtype, threads=threads, force=True)
+    quantize_gguf(reference, out, qtype, threads=threads, force=True, quantize=quantize)
 
 
 # ---- input checks ------------------------------------------------------------------------------
@@ -186,12 +188,18 @@ class Release:
         self.texts = load_heldout(req.heldout)
         self.eval_lines = summary_markdown(load_eval_report(req.eval_report), req.eval_report.name) if req.eval_report else None
         self.out = Path(req.out)
+        from cvlocal.imatrix.release import check_request, quantize_identity
+
+        check_request(req)  # bad --imatrix / --tensor-type input before any work
+        # files built with another matrix or other overrides are not this release's: --force rebuilds
+        self.source.identity = quantize_identity(self.source.identity, req)
         self.state = _prepare_output(self.out, self.source, req.force)
         self.seconds: dict[str, float] = {}
         # The card's `language` is the model's: --language, else what the source says (model card, general.languages).
         self.languages = list(req.languages or self.source.provenance.languages)
         self.languages_from = ("as given with --language" if req.languages
                                else "from the source's metadata" if self.languages else None)
+        self.quantize, self.imatrix_lines = None, None
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -240,6 +248,9 @@ class Release:
     def run(self) -> ReleaseReport:
         req, out, src = self.req, self.out, self.source
         _remove_leftovers(out)
+        from cvlocal.imatrix.release import prepare_quantize
+
+        self.quantize, self.imatrix_lines = prepare_quantize(req, src.path, out, self.progress)
         ref_path, ref_id = self._reference()
         # Names, the chat template, stop tokens and the windows come from the reference's vocabulary
         # and metadata (llama-cpp-python gives the scalar keys as strings).
@@ -409,7 +420,8 @@ class Release:
         self.state.types[name] = rec = TypeRecord()
         self.state.save(self.out)
         with atomic_output(final, force=True) as tmp:
-            build_file(ref_path, tmp, name, threads=self.req.threads)
+            # quantize only when given: build_file's plain signature is the seam tests replace
+            build_file(ref_path, tmp, name, threads=self.req.threads, **({"quantize": self.quantize} if self.quantize else {}))
             self.progress.advance(name, 1, "built")
             llm = scoring.open_model(tmp, scoring.VERIFY_CTX, self.req.threads)
             try:
@@ -463,6 +475,7 @@ class Release:
             eval_summary=self.eval_lines,
             languages=self.languages,
             languages_from=self.languages_from,
+            quantization=self.imatrix_lines,
         )
         with atomic_output(out / CARD_NAME, force=True) as tmp:
             tmp.write_text(render_card(card), encoding="utf-8")

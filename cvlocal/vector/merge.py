@@ -326,7 +326,8 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
         thread.join()
 
 
-def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None) -> list[str]:
+def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None,
+                    quantize: Any = None) -> list[str]:
     """One pass: the merged tensors flow straight into the GGUF writer (one file per type)."""
     from convert import output_paths, write_ggufs  # the converter library; loaded only for GGUF output
 
@@ -344,6 +345,7 @@ def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype
             written = write_ggufs(
                 side_dir, targets, plan=shapes, tensors=tensors, threads=threads, force=force, origin=plan.cp.path,
                 metadata=metadata, on_stage=lambda t: say(f"quantizing to {t}", quiet), on_warning=lambda w: say(f"note: {w}", quiet),
+                quantize=quantize,
             )
     return [str(p) for p in written.values()]
 
@@ -366,11 +368,14 @@ def merge_models(
     force: bool = False,
     quiet: bool = False,
     allow_nonfinite: bool = False,
+    quantize: Any = None,
 ) -> dict[str, Any]:
     """Merge chat vectors into a CP model; return a summary (what ``--json`` prints).
 
     NaN or Inf in an input tensor stops the merge with an error naming the tensor and its file,
     unless ``allow_nonfinite`` (then each is counted, reported and kept in the output).
+    ``quantize`` (convert's QuantizeOptions: importance matrix, per-tensor types) applies to the
+    llama.cpp types of a one-pass GGUF output.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -396,7 +401,7 @@ def merge_models(
         computer = MergeComputer(plan, compute_device, allow_nonfinite)
         with compute_threads(compute_device):
             if to_gguf:
-                files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads)
+                files = _stream_to_gguf(plan, computer, out, outtype or "f16", force, quiet, threads, quantize)
             else:
                 files = _stream_to_hf(plan, computer, out, max_shard, force, quiet)
         for label, count in computer.nonfinite.items():
