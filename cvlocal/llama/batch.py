@@ -420,8 +420,8 @@ class BatchedDecoder:
         """End a running sequence: flush its text, free its KV cells and its slot."""
         tail = ""
         if not slot.scanner.stopped:
-            tail = self._emit(slot, slot.scanner.feed(slot.utf8.flush()))
-            tail += self._emit(slot, slot.scanner.flush())
+            slot.utf8.flush()  # a reply cut inside a character drops its bytes, as the chat does
+            tail = self._emit(slot, slot.scanner.flush())
         if self.keep_finished:
             self._kept[slot.seq] = slot.tokens[:slot.n_past]
         else:
