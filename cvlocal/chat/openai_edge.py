@@ -131,25 +131,25 @@ class OpenAIEdge:
         if schema is not None and not self._authorized(scope):
             # The app checks the key only after parsing the body, so a bad body without the key would
             # get a parse error (a 500, from llama-cpp-python's routes): the key comes first.
-            await _respond(send, 401, error_body("Invalid API key", "authentication_error", code="invalid_api_key"),
+            await respond(send, 401, error_body("Invalid API key", "authentication_error", code="invalid_api_key"),
                            [(b"www-authenticate", b"Bearer")])
             return
         if schema is not None:
-            raw, disconnected = await _read_body(receive)
+            raw, disconnected = await read_body(receive)
             if disconnected:
                 return
             if raw is None:
-                await _respond(send, 413, error_body(f"the request body is larger than {MAX_REQUEST_BODY >> 20} MiB",
+                await respond(send, 413, error_body(f"the request body is larger than {MAX_REQUEST_BODY >> 20} MiB",
                                                      code="request_too_large"))
                 return
             try:
                 data = check_body(raw, schema, scope["path"])
             except BadRequest as bad:
-                await _respond(send, bad.status, error_body(bad.message, param=bad.param, code=bad.code))
+                await respond(send, bad.status, error_body(bad.message, param=bad.param, code=bad.code))
                 return
             if "model" in schema.model_fields:
                 data["model"] = self.alias
-            scope, receive = _with_body(scope, receive, json.dumps(data, ensure_ascii=False).encode("utf-8"))
+            scope, receive = with_body(scope, receive, json.dumps(data, ensure_ascii=False).encode("utf-8"))
         else:
             data = None
         shaper = _ErrorShaper(send)
@@ -164,7 +164,7 @@ class OpenAIEdge:
                 await send({"type": "http.response.body", "body": (shaper.tail or b"") + b"data: " + error + b"\n\n",
                             "more_body": False})
             else:
-                await _respond(send, status, error)
+                await respond(send, status, error)
             return
         await shaper.finish()
 
@@ -201,7 +201,7 @@ def describe_failure(err: BaseException, schema: type[BaseModel] | None, data: d
     return 500, error_body(SERVER_ERROR, "server_error")
 
 
-async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
+async def read_body(receive: Receive) -> tuple[bytes | None, bool]:
     """(the whole body, or None past MAX_REQUEST_BODY; whether the client went away first)."""
     chunks: list[bytes] = []
     size = 0
@@ -217,7 +217,7 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
             return b"".join(chunks), False
 
 
-def _with_body(scope: Scope, receive: Receive, body: bytes) -> tuple[Scope, Receive]:
+def with_body(scope: Scope, receive: Receive, body: bytes) -> tuple[Scope, Receive]:
     """The request as the app sees it: the checked body, declared as JSON of its new length.
 
     After the body, ``receive`` is the client's again, so the app still hears a disconnect.
@@ -236,7 +236,7 @@ def _with_body(scope: Scope, receive: Receive, body: bytes) -> tuple[Scope, Rece
     return {**scope, "headers": headers}, replay
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """A complete JSON response; ``headers`` are kept (CORS, WWW-Authenticate) except the body's own."""
     kept = [(k, v) for k, v in headers or [] if k.lower() not in (b"content-length", b"content-type")]
     await send({"type": "http.response.start", "status": status,
@@ -287,7 +287,7 @@ class _ErrorShaper:
         if not message.get("more_body", False):
             start = self.start or {}
             status = int(start.get("status", 500))
-            await _respond(self.send, status, self._reshape(status, b"".join(self.held)), list(start.get("headers") or []))
+            await respond(self.send, status, self._reshape(status, b"".join(self.held)), list(start.get("headers") or []))
 
     async def finish(self) -> None:
         """The app returned: send the held end of its event stream."""

@@ -18,6 +18,7 @@ import contextvars
 import json
 from typing import Any, Awaitable, Callable
 
+from cvlocal.chat.openai_edge import error_body, read_body, respond, with_body
 from cvlocal.llama_adapters import Adapters
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
@@ -62,20 +63,12 @@ class ServerAdapters:
         return [{**a, "scale": s} for a, s in zip(self.adapters.describe(), self.default)]
 
 
-async def _read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
-    chunks, more = [], True
-    while more:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
 async def _send_json(send: Callable[[dict], Awaitable[None]], status: int, payload: Any) -> None:
-    body = json.dumps(payload).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await respond(send, status, json.dumps(payload).encode("utf-8"))
+
+
+async def _bad_lora(send: Callable[[dict], Awaitable[None]], err: ValueError) -> None:
+    await respond(send, 400, error_body(str(err), param="lora"))
 
 
 class LoraMiddleware:
@@ -92,14 +85,19 @@ class LoraMiddleware:
         if path in LIST_PATHS and method == "GET":
             return await _send_json(send, 200, self.server.describe())
         if path in LIST_PATHS and method == "POST":
+            raw, disconnected = await read_body(receive)
+            if disconnected:
+                return None
             try:
-                self.server.default = parse_lora_field(json.loads(await _read_body(receive) or b"null"), len(self.server.adapters))
+                self.server.default = parse_lora_field(json.loads(raw or b"null"), len(self.server.adapters))
             except ValueError as err:
-                return await _send_json(send, 400, {"error": {"message": str(err), "type": "invalid_request_error"}})
+                return await _bad_lora(send, err)
             return await _send_json(send, 200, {"success": True})
         if path not in COMPLETION_PATHS or method != "POST":
             return await self.app(scope, receive, send)
-        raw = await _read_body(receive)
+        raw, disconnected = await read_body(receive)
+        if disconnected:
+            return None
         requested = None
         try:
             body = json.loads(raw)
@@ -109,19 +107,9 @@ class LoraMiddleware:
             try:
                 requested = parse_lora_field(body.pop("lora"), len(self.server.adapters))
             except ValueError as err:
-                return await _send_json(send, 400, {"error": {"message": str(err), "type": "invalid_request_error"}})
+                return await _bad_lora(send, err)
             raw = json.dumps(body).encode("utf-8")
-            scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
-                     + [(b"content-length", str(len(raw)).encode())]}
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
-
+        scope, replay = with_body(scope, receive, raw or b"")
         token = _REQUESTED.set(requested)
         try:
             await self.app(scope, replay, send)
