@@ -16,7 +16,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from tests.test_serve import free_port  # noqa: E402
+from tests.test_serve import _serve  # noqa: E402  (one way to start and stop a server process)
 
 QUESTIONS = ["臺灣的首都是哪裡？", "What is a chat vector?", "Say hello.", "한국어로 인사해 주세요.",
              "Write a haiku about the sea.", "1 2 3 4 5", "日本語で自己紹介をしてください。", "Why is the sky blue?"]
@@ -26,26 +26,9 @@ SETTINGS = dict(temperature=0.0, top_p=0.95)  # greedy; top_k 40, min_p 0.05, re
 
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
-    from benchmarks.batched import start_server
-
-    model = tiny_gguf("llama3", "q8_0")
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve-parallel") / "server.log"
-    command = [sys.executable, "-m", "cvlocal", "serve", str(model), "--port", str(port), "--threads", "1",
-               "--ctx", "512", "--parallel", "4", "--quiet"]
-    with log.open("w") as out:
-        try:
-            proc, client = start_server(command, port, out)
-        except RuntimeError:
-            pytest.fail(f"the server did not start:\n{log.read_text()}")
-    try:
-        yield client, model, client.models.list()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    for client, model, models, _port in _serve(tiny_gguf("llama3", "q8_0"), tmp_path_factory,
+                                               "--ctx", "512", "--parallel", "4"):
+        yield client, model, models
 
 
 def test_eight_concurrent_clients_get_the_one_at_a_time_replies(server):
