@@ -83,13 +83,13 @@ def _open_llama(path: str | Path, *, ctx: int, threads: int | None, n_gpu_layers
         from llama_cpp import Llama
     except ImportError as err:
         raise UsageError(f"llama-cpp-python is not installed ({err})", fix="Run: pip install llama-cpp-python") from err
-    from cvlocal.chat.llama_log import captured_llama_log
+    from cvlocal.llama.log import captured_log
 
     settings = dict(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
                     n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
     if verbose:
         return Llama(**settings)
-    with captured_llama_log() as log:
+    with captured_log() as log:
         try:
             return Llama(**settings)
         except (ValueError, RuntimeError) as err:

@@ -29,7 +29,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from cvlocal.chat.llama_log import captured_llama_log
+from cvlocal.llama.log import captured_log
 from cvlocal.chat.template import ChatTemplate, resolve_template
 from cvlocal.errors import UsageError
 
@@ -89,7 +89,7 @@ def probe_template(model_path: Path, chat_format: str | None) -> ChatTemplate:
     """Resolve the template from the GGUF's vocabulary alone (fast), to report it before serving."""
     from llama_cpp import Llama
 
-    with captured_llama_log():
+    with captured_log():
         vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
     try:
         return resolve_template(vocab, chat_format, model_path.name)
@@ -186,7 +186,7 @@ def single_model_app(
     )
     # interrupt_requests=False: a request waits for the one before it (FIFO lock) instead of ending it.
     server_settings = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
-    with captured_llama_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
+    with captured_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
         try:
             app = create_app(server_settings=server_settings, model_settings=[model_settings])
         except (ValueError, RuntimeError) as err:

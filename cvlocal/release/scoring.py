@@ -55,11 +55,11 @@ def open_model(path: Path, n_ctx: int, threads: int | None) -> Any:
     """
     from llama_cpp import Llama
 
-    from cvlocal.chat.llama_log import captured_llama_log
+    from cvlocal.llama.log import captured_log
 
     # llama.cpp's load-time lines (e.g. that it rounded the context up past the trained length)
     # would scatter over the progress bars; they are kept for the error message instead.
-    with captured_llama_log() as log:
+    with captured_log() as log:
         try:
             return Llama(
                 model_path=str(path),
