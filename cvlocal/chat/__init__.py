@@ -2,8 +2,7 @@
 
 Small modules with one job each:
 
-- ``utf8``: whole characters out of a stream of token bytes.
-- ``stops``: holding back text that may be the start of a stop string.
+- (``cvlocal.llama.utf8``, ``cvlocal.llama.stops``: whole characters and stop strings out of the token stream.)
 - ``template``: which chat template a model gets, and on which tokens and strings it stops.
 - ``generation``: the token loop, Ctrl-C as a flag, and what it measures.
 - (llama.cpp's log capture lives in ``cvlocal.llama.log``.)

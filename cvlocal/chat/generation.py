@@ -15,22 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from cvlocal.chat.stops import StopScanner
-from cvlocal.chat.utf8 import Utf8Stream
+from cvlocal.llama.stops import StopScanner
+from cvlocal.llama.sampling import Sampling
+from cvlocal.llama.utf8 import Utf8Stream
 
 FinishReason = Literal["stop", "length", "interrupted"]
-
-
-@dataclass
-class Sampling:
-    """Sampling settings for one generation (llama.cpp's sampler chain)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int = 0
 
 
 @dataclass
