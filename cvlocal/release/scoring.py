@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cvlocal.llama import facts
 from cvlocal.release.quality import (
     QualitySummary,
     ReferenceRows,
@@ -86,12 +87,12 @@ def close_model(llm: Any) -> None:
 
 def model_size_info(llm: Any) -> tuple[int, int]:
     """(bytes of all tensors, number of parameters), as llama.cpp reports them."""
-    return int(llm._model.size()), int(llm._model.n_params())
+    return facts.size_bytes(llm), facts.n_params(llm)
 
 
 def context_length(llm: Any) -> int:
     """The context the model was trained with (an upper bound for the scoring window)."""
-    return int(llm._model.n_ctx_train())
+    return facts.n_ctx_train(llm)
 
 
 def window_logits(llm: Any, window: np.ndarray) -> np.ndarray:
@@ -141,7 +142,7 @@ class Windows:
 
 def make_windows(llm: Any, texts: dict[str, str], n_ctx: int, max_chunks: int | None) -> Windows:
     """Tokenize each language's text as llama.cpp does (BOS if the vocabulary adds one, no special-token parsing) and cut it into windows."""
-    add_bos = bool(llm._model.add_bos_token())
+    add_bos = facts.adds_bos(llm)
     bos = int(llm.token_bos()) if add_bos else None
     rows: list[np.ndarray] = []
     languages: list[str] = []
