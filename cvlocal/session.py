@@ -62,12 +62,12 @@ def load_llama(
     """Open a GGUF with llama-cpp-python; a missing or non-GGUF file is a one-line UsageError.
 
     ``threads`` sets both generation and prompt threads (None: llama-cpp-python's default).
-    ``adapters`` (``llama_adapters.AdapterSpec``) are attached and checked; the model then
+    ``adapters`` (``cvlocal.llama.adapters.AdapterSpec``) are attached and checked; the model then
     carries them as ``llm.cvlocal_adapters`` (``/set ratio`` changes their scales).
     """
     llm = _open_llama(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
     if adapters:
-        from cvlocal.llama_adapters import Adapters
+        from cvlocal.llama.adapters import Adapters
 
         try:
             llm.cvlocal_adapters = Adapters(llm, adapters)

@@ -164,7 +164,7 @@ def single_model_app(
 ) -> Any:
     """llama-cpp-python's FastAPI app for one GGUF with cvlocal's chat template; requests queue.
 
-    With ``adapters`` (``llama_adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
+    With ``adapters`` (``cvlocal.llama.adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
     llama-server's ``"lora"`` request field and ``/lora-adapters`` endpoints.
     """
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry

@@ -18,7 +18,7 @@ import contextvars
 import json
 from typing import Any, Awaitable, Callable
 
-from cvlocal.llama_adapters import Adapters
+from cvlocal.llama.adapters import Adapters
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
 LIST_PATHS = ("/lora-adapters", "/v1/lora-adapters")

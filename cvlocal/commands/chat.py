@@ -56,7 +56,7 @@ def check_ctx(args: argparse.Namespace) -> None:
 
 def adapter_specs(args: argparse.Namespace) -> list:
     """``--adapter FILE[:RATIO]`` values, checked before the model loads."""
-    from cvlocal.llama_adapters import check_adapter_file, parse_adapter_spec
+    from cvlocal.llama.adapters import check_adapter_file, parse_adapter_spec
 
     specs = [parse_adapter_spec(text) for text in getattr(args, "adapter", None) or []]
     for spec in specs:

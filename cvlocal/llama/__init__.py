@@ -6,6 +6,9 @@
 - ``sampling``: one sampler chain per sequence, built as ``Llama`` builds its own.
 - ``batch``: the batched decoder (several sequences per ``llama_decode``, continuous batching).
 - ``shared``: a ``Llama`` look-alike many threads generate with at once, over the batched decoder.
+- ``adapters``: LoRA adapters on a ``Llama`` through llama.cpp's C API (checked handles, scales that change).
+- ``facts``: what cvlocal asks a loaded ``Llama`` beyond its public methods (the one place for ``_model``).
+- ``stops``, ``utf8``: stop strings and whole characters out of the token stream.
 
 Callers still on the high-level ``Llama`` (chat, server, release checks, demo) move here one by one.
 """

@@ -13,16 +13,14 @@ prompt; it returns whether anything changed so callers can say so.
 """
 from __future__ import annotations
 
-import math
-
 import ctypes
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from cvlocal.errors import UsageError
-
-GGUF_MAGIC = b"GGUF"
+from cvlocal.llama.model import GGUF_MAGIC
 
 
 @dataclass
