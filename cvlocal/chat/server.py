@@ -29,9 +29,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from cvlocal.llama.log import captured_log
 from cvlocal.chat.template import ChatTemplate, resolve_template
 from cvlocal.errors import UsageError
+from cvlocal.llama.log import captured_log
 
 HANDLER_NAME = "cvlocal"
 SERVER_PACKAGES = {"uvicorn": "uvicorn", "fastapi": "fastapi", "sse_starlette": "sse-starlette",
@@ -87,10 +87,12 @@ class TemplateChatHandler:
 
 def probe_template(model_path: Path, chat_format: str | None) -> ChatTemplate:
     """Resolve the template from the GGUF's vocabulary alone (fast), to report it before serving."""
-    from llama_cpp import Llama
+    from cvlocal.llama.loader import LoadError, as_usage_error, open_llama
 
-    with captured_log():
-        vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    try:
+        vocab = open_llama(model_path, vocab_only=True, verbose=False)
+    except LoadError as err:
+        raise as_usage_error(model_path, err) from err.cause
     try:
         return resolve_template(vocab, chat_format, model_path.name)
     finally:

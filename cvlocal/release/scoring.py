@@ -54,28 +54,16 @@ def open_model(path: Path, n_ctx: int, threads: int | None) -> Any:
     (``cvlocal.session.load_llama`` opens models for chat; scoring needs ``logits_all`` and the
     batch size, which it does not expose.)
     """
-    from llama_cpp import Llama
-
-    from cvlocal.llama.log import captured_log
+    from cvlocal.llama.loader import LoadError, open_llama
 
     # llama.cpp's load-time lines (e.g. that it rounded the context up past the trained length)
     # would scatter over the progress bars; they are kept for the error message instead.
-    with captured_log() as log:
-        try:
-            return Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_ctx,
-                n_ubatch=n_ctx,
-                logits_all=True,
-                n_threads=threads,
-                n_threads_batch=threads,
-                seed=0,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as err:
-            reason = "; ".join([str(err), *log.problems()[-2:]])
-            raise ModelLoadError(f"llama.cpp could not load {path.name} ({reason})") from None
+    try:
+        return open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_threads=threads,
+                          n_threads_batch=threads, seed=0, verbose=False)
+    except LoadError as err:
+        reason = "; ".join([str(err.cause), *err.problems[-2:]])
+        raise ModelLoadError(f"llama.cpp could not load {path.name} ({reason})") from None
 
 
 def close_model(llm: Any) -> None:
