@@ -26,27 +26,13 @@ from cvlocal import ui
 from cvlocal.chat.generation import Interrupt, Sampling, context_size, generate_text
 from cvlocal.chat.template import ChatTemplate, resolve_template, stop_token_ids
 from cvlocal.errors import UsageError
-
-GGUF_MAGIC = b"GGUF"
+from cvlocal.llama.model import check_gguf as check_gguf_path  # the one GGUF check, kept under its old name
 
 __all__ = ["load_llama", "check_gguf_path", "ChatSession", "Turn", "complete_text", "ContextFullError"]
 
 
 class ContextFullError(UsageError):
     """The latest message alone does not fit in the context window (exit 2 from the CLI)."""
-
-
-def check_gguf_path(path: str | Path) -> Path:
-    """The path if it is a readable GGUF file; a one-line UsageError naming the fix otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError("no such GGUF file", path=path, fix="Give the path of a .gguf model")
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise UsageError("not a GGUF file (bad magic)", path=path,
-                         fix="Convert the model first with `cvlocal convert MODEL_DIR -o OUT.gguf`")
-    return path
 
 
 def load_llama(
@@ -62,12 +48,12 @@ def load_llama(
     """Open a GGUF with llama-cpp-python; a missing or non-GGUF file is a one-line UsageError.
 
     ``threads`` sets both generation and prompt threads (None: llama-cpp-python's default).
-    ``adapters`` (``llama_adapters.AdapterSpec``) are attached and checked; the model then
+    ``adapters`` (``cvlocal.llama.adapters.AdapterSpec``) are attached and checked; the model then
     carries them as ``llm.cvlocal_adapters`` (``/set ratio`` changes their scales).
     """
     llm = _open_llama(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
     if adapters:
-        from cvlocal.llama_adapters import Adapters
+        from cvlocal.llama.adapters import Adapters
 
         try:
             llm.cvlocal_adapters = Adapters(llm, adapters)
@@ -78,24 +64,14 @@ def load_llama(
 
 
 def _open_llama(path: str | Path, *, ctx: int, threads: int | None, n_gpu_layers: int, seed: int, verbose: bool) -> Any:
+    from cvlocal.llama.loader import LoadError, as_usage_error, open_llama
+
     path = check_gguf_path(path)
     try:
-        from llama_cpp import Llama
-    except ImportError as err:
-        raise UsageError(f"llama-cpp-python is not installed ({err})", fix="Run: pip install llama-cpp-python") from err
-    from cvlocal.chat.llama_log import captured_llama_log
-
-    settings = dict(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                    n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
-    if verbose:
-        return Llama(**settings)
-    with captured_llama_log() as log:
-        try:
-            return Llama(**settings)
-        except (ValueError, RuntimeError) as err:
-            reason = "; ".join(log.problems()[-2:]) or str(err)
-            raise UsageError(f"llama.cpp could not load the model ({reason})", path=path,
-                             fix="Check that the file is complete and was written by a recent converter") from err
+        return open_llama(path, capture=not verbose, n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
+                          n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
+    except LoadError as err:
+        raise as_usage_error(path, err) from err.cause
 
 
 @dataclass

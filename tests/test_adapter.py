@@ -47,7 +47,7 @@ def _norms_from_base(family, out: Path) -> Path:
 
 
 def _logits(model: Path, adapters=(), **kw) -> np.ndarray:
-    from cvlocal.llama_adapters import open_model
+    from cvlocal.llama.adapters import open_model
     from cvlocal.vector.lora_check import scoring_settings
 
     llm, _ = open_model(model, adapters, **{**scoring_settings(128, 2), **kw})
@@ -77,7 +77,7 @@ def llama2_setup(tiny_family, tmp_path_factory):
 
 
 def test_full_rank_adapter_reproduces_exact_merge(llama2_setup):
-    from cvlocal.llama_adapters import AdapterSpec
+    from cvlocal.llama.adapters import AdapterSpec
 
     s = llama2_setup
     assert s["summary"]["left_out_share"] == 0.0 and s["summary"]["energy_kept"] == pytest.approx(1.0, abs=1e-5)
@@ -106,7 +106,7 @@ def test_llama_cpp_python_own_loader_reads_it(llama2_setup):
 
 def test_scales_change_live(llama2_setup):
     """set_scales moves an open model between ratios and drops the stale KV cache."""
-    from cvlocal.llama_adapters import AdapterSpec, open_model
+    from cvlocal.llama.adapters import AdapterSpec, open_model
     from cvlocal.vector.lora_check import scoring_settings
 
     s = llama2_setup
@@ -146,7 +146,7 @@ def test_refused_adapter_is_one_line(llama2_setup, tiny_gguf):
     s = llama2_setup
     qwen = tiny_gguf("qwen2", "f16", which="cp")
     from cvlocal.errors import UsageError
-    from cvlocal.llama_adapters import AdapterSpec, open_model
+    from cvlocal.llama.adapters import AdapterSpec, open_model
 
     with pytest.raises(UsageError) as err:
         open_model(qwen, [AdapterSpec(s["full"], 1.0)], n_ctx=64, verbose=False)

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from cvlocal.chat.stops import StopScanner
-from cvlocal.chat.utf8 import Utf8Stream
+from cvlocal.llama.stops import StopScanner
+from cvlocal.llama.utf8 import Utf8Stream
 
 TEXT = "臺灣的天氣很好。한국어 문장입니다。日本語のテキスト🙂 mixed ASCII"
 

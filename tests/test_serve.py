@@ -265,3 +265,15 @@ def test_api_key_and_alias(keyed_server) -> None:
     status, text = _post(port, "/v1/chat/completions", b"{not json", key="sesame")
     assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
     assert client.chat.completions.create(model="anything", messages=MESSAGES, max_tokens=2).model == "taipei-1"
+
+
+def test_gguf_that_llama_cpp_refuses_is_one_line_exit_2(tiny_gguf, tmp_path) -> None:
+    """A truncated GGUF passes the magic check; llama.cpp's refusal (the template probe's load) is one line."""
+    broken = tmp_path / "truncated.gguf"
+    broken.write_bytes(tiny_gguf("llama3", "f16").read_bytes()[:4096])
+    done = subprocess.run([sys.executable, "-m", "cvlocal", "serve", str(broken), "--port", str(free_port())],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert str(broken) in done.stderr and "could not load" in done.stderr
+    assert "serving" not in done.stdout + done.stderr

@@ -2,11 +2,10 @@
 
 Small modules with one job each:
 
-- ``utf8``: whole characters out of a stream of token bytes.
-- ``stops``: holding back text that may be the start of a stop string.
+- (``cvlocal.llama.utf8``, ``cvlocal.llama.stops``: whole characters and stop strings out of the token stream.)
 - ``template``: which chat template a model gets, and on which tokens and strings it stops.
 - ``generation``: the token loop, Ctrl-C as a flag, and what it measures.
-- ``llama_log``: llama.cpp's log kept off the terminal while a model loads.
+- (llama.cpp's log capture lives in ``cvlocal.llama.log``.)
 - ``transcript``: /save and /load.
 - ``blocks``: ``\"\"\"`` multi-line messages, the same in the REPL and in scripts.
 - ``commands``: the slash commands, shared by the REPL and scripts.

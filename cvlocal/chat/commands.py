@@ -25,6 +25,7 @@ from rich.text import Text
 from convert.errors import ConvertError
 from cvlocal.chat.transcript import TranscriptExists, load_transcript, save_transcript
 from cvlocal.errors import UsageError
+from cvlocal.llama import facts as llama_facts
 from cvlocal.session import ChatSession, Turn
 
 EXIT = object()  # returned by /exit
@@ -151,10 +152,10 @@ def model_facts(session: ChatSession, model_path: Path) -> list[tuple[str, str]]
         ("file", str(model_path)),
         ("name", meta.get("general.name", "?")),
         ("architecture", arch),
-        ("description", llm._model.desc()),
-        ("parameters", f"{llm._model.n_params():,}"),
+        ("description", llama_facts.description(llm)),
+        ("parameters", f"{llama_facts.n_params(llm):,}"),
         ("vocabulary", f"{llm.n_vocab():,} tokens ({meta.get('tokenizer.ggml.model', '?')})"),
-        ("context", f"{session.n_ctx} (trained {llm._model.n_ctx_train()})"),
+        ("context", f"{session.n_ctx} (trained {llama_facts.n_ctx_train(llm)})"),
         ("threads", f"{llm.n_threads} (prompt {llm.n_threads_batch})"),
         ("template", session.template_source),
         ("stops", " ".join(session.stop_tokens)),

@@ -15,22 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from cvlocal.chat.stops import StopScanner
-from cvlocal.chat.utf8 import Utf8Stream
+from cvlocal.llama.stops import StopScanner
+from cvlocal.llama.facts import perf_decoded_tokens, perf_reset
+from cvlocal.llama.sampling import Sampling
+from cvlocal.llama.utf8 import Utf8Stream
 
 FinishReason = Literal["stop", "length", "interrupted"]
-
-
-@dataclass
-class Sampling:
-    """Sampling settings for one generation (llama.cpp's sampler chain)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -121,26 +111,6 @@ def context_size(llm: Any) -> int:
     return min(int(llm.n_ctx()), int(llm.input_ids.shape[0]))
 
 
-def _perf_reset(llm: Any) -> None:
-    import llama_cpp
-
-    llama_cpp.llama_perf_context_reset(llm.ctx)
-
-
-def _perf_tokens(llm: Any) -> int:
-    """Tokens llama.cpp decoded since the last reset (prompt batches plus single-token steps).
-
-    llama.cpp reports each count as at least 1 (to avoid dividing by zero), so a count whose time
-    is zero did not happen.
-    """
-    import llama_cpp
-
-    data = llama_cpp.llama_perf_context(llm.ctx)
-    batches = int(data.n_p_eval) if data.t_p_eval_ms > 0 else 0
-    singles = int(data.n_eval) if data.t_eval_ms > 0 else 0
-    return batches + singles
-
-
 def generate_text(
     llm: Any,
     prompt_tokens: Sequence[int],
@@ -188,7 +158,7 @@ def generate_text(
     new_prompt = 0
     t_first = t_last = None
     llm.set_seed(sampling.seed)
-    _perf_reset(llm)
+    perf_reset(llm)
     t0 = time.perf_counter()
     with interrupt.armed():
         tokens = llm.generate(
@@ -210,7 +180,7 @@ def generate_text(
                     t_last = time.perf_counter()
                     if t_first is None:
                         t_first = t_last
-                        new_prompt = _perf_tokens(llm)
+                        new_prompt = perf_decoded_tokens(llm)
                     if token in stop_ids:
                         finish = "stop"
                         break

@@ -29,9 +29,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from cvlocal.chat.llama_log import captured_llama_log
 from cvlocal.chat.template import ChatTemplate, resolve_template
 from cvlocal.errors import UsageError
+from cvlocal.llama.log import captured_log
 
 HANDLER_NAME = "cvlocal"
 SERVER_PACKAGES = {"uvicorn": "uvicorn", "fastapi": "fastapi", "sse_starlette": "sse-starlette",
@@ -87,10 +87,12 @@ class TemplateChatHandler:
 
 def probe_template(model_path: Path, chat_format: str | None) -> ChatTemplate:
     """Resolve the template from the GGUF's vocabulary alone (fast), to report it before serving."""
-    from llama_cpp import Llama
+    from cvlocal.llama.loader import LoadError, as_usage_error, open_llama
 
-    with captured_llama_log():
-        vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    try:
+        vocab = open_llama(model_path, vocab_only=True, verbose=False)
+    except LoadError as err:
+        raise as_usage_error(model_path, err) from err.cause
     try:
         return resolve_template(vocab, chat_format, model_path.name)
     finally:
@@ -164,7 +166,7 @@ def single_model_app(
 ) -> Any:
     """llama-cpp-python's FastAPI app for one GGUF with cvlocal's chat template; requests queue.
 
-    With ``adapters`` (``llama_adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
+    With ``adapters`` (``cvlocal.llama.adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
     llama-server's ``"lora"`` request field and ``/lora-adapters`` endpoints.
     """
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
@@ -186,7 +188,7 @@ def single_model_app(
     )
     # interrupt_requests=False: a request waits for the one before it (FIFO lock) instead of ending it.
     server_settings = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
-    with captured_llama_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
+    with captured_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
         try:
             app = create_app(server_settings=server_settings, model_settings=[model_settings])
         except (ValueError, RuntimeError) as err:

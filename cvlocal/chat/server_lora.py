@@ -19,7 +19,7 @@ import json
 from typing import Any, Awaitable, Callable
 
 from cvlocal.chat.openai_edge import error_body, read_body, respond, with_body
-from cvlocal.llama_adapters import Adapters
+from cvlocal.llama.adapters import Adapters
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
 LIST_PATHS = ("/lora-adapters", "/v1/lora-adapters")

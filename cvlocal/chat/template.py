@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cvlocal.errors import UsageError
+from cvlocal.llama.facts import token_text
 
 # End-of-turn / end-of-text token texts used by the families cvlocal supports (and a few more).
 # A text counts only if the model's vocabulary has it as one special token.
@@ -146,7 +147,7 @@ def special_token_text(llm: Any, token: int) -> str:
     """The vocabulary text of a token id (``<|eot_id|>``, ``</s>``), empty for an invalid id."""
     if token < 0 or token >= llm.n_vocab():
         return ""
-    return llm._model.token_get_text(token)
+    return token_text(llm, token)
 
 
 def stop_token_ids(llm: Any) -> frozenset[int]:

@@ -56,7 +56,7 @@ def check_ctx(args: argparse.Namespace) -> None:
 
 def adapter_specs(args: argparse.Namespace) -> list:
     """``--adapter FILE[:RATIO]`` values, checked before the model loads."""
-    from cvlocal.llama_adapters import check_adapter_file, parse_adapter_spec
+    from cvlocal.llama.adapters import check_adapter_file, parse_adapter_spec
 
     specs = [parse_adapter_spec(text) for text in getattr(args, "adapter", None) or []]
     for spec in specs:
@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     with ui.maybe_status(f"loading {args.model.name}", args.quiet or args.script is not None):
         llm = load_llama(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                          seed=args.seed, adapters=adapter_specs(args))
-    trained = llm._model.n_ctx_train()
+    from cvlocal.llama.facts import n_ctx_train
+
+    trained = n_ctx_train(llm)
     if trained and args.ctx > trained:
         ui.warn(f"--ctx {args.ctx} is longer than {args.model.name} was trained for ({trained} tokens); "
                 "replies may degrade past that length")

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1 (got {args.max_tokens})", fix="pass --max-tokens N >= 1")
     at_least("--threads", args.threads)
-    from cvlocal.llama_adapters import parse_model_spec
+    from cvlocal.llama.adapters import parse_model_spec
 
     specs = [parse_model_spec(m) for m in args.models]
     model_files = [path for model, adapters in specs for path in (model, *(a.path for a in adapters))]

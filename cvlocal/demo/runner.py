@@ -75,7 +75,7 @@ def build_models(bundle: DemoBundle, folder: Path, *, threads: int | None, quiet
 def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, threads: int | None,
               max_tokens: int, on_reply: Callable[[], None] | None = None) -> list[Reply]:
     """One fresh single-turn greedy chat per prompt, scored (``gguf`` may be ``CP.gguf+ADAPTER.gguf@RATIO``)."""
-    from cvlocal.llama_adapters import parse_model_spec
+    from cvlocal.llama.adapters import parse_model_spec
     from cvlocal.session import ChatSession, load_llama
 
     model, adapters = parse_model_spec(gguf)

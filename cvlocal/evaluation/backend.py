@@ -47,7 +47,7 @@ class LlamaBackend:
 
     def __init__(self, path: Path, *, ctx: int = 4096, threads: int | None = None, n_gpu_layers: int = 0,
                  chat_format: str | None = None) -> None:
-        from cvlocal.llama_adapters import parse_model_spec
+        from cvlocal.llama.adapters import parse_model_spec
         from cvlocal.session import load_llama
 
         self.path = Path(path)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from cvlocal.errors import UsageError
 from cvlocal.evaluation.files import file_fingerprint
 from cvlocal.evaluation.scoring import Score, guard_description
+from cvlocal.llama import facts
 
 CATEGORIES: dict[str, str] = {
     "S1": "Violent Crimes.",
@@ -113,15 +114,6 @@ def first_token_ids(llm: Any) -> tuple[int, int]:
     return safe[0], unsafe[0]
 
 
-def last_logits(llm: Any) -> Any:
-    """The logits llama.cpp computed for the last evaluated position, as a numpy array."""
-    import llama_cpp
-    import numpy as np
-
-    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
-
-
 class GuardScorer:
     """Llama Guard 3 through llama-cpp-python (loaded once, used for every text)."""
 
@@ -162,7 +154,7 @@ class GuardScorer:
         tokens = self.prompt_tokens(text, context)
         self.llm.reset()
         self.llm.eval(tokens)
-        logits = last_logits(self.llm)
+        logits = facts.last_logits(self.llm)
         probability = unsafe_probability(logits[self.safe_id], logits[self.unsafe_id])
         generated = generate_text(self.llm, tokens, sampling=Sampling(temperature=0.0, top_k=1, seed=0),
                                   max_tokens=VERDICT_MAX_TOKENS, stop_ids=self.stop_ids)

@@ -1,6 +1,6 @@
 """Model specs for ``cvlocal eval``: a GGUF, or ``CP.gguf+ADAPTER.gguf@RATIO`` (a CP model with a LoRA adapter).
 
-The spec is parsed by ``cvlocal.llama_adapters.parse_model_spec``; here it is checked before any
+The spec is parsed by ``cvlocal.llama.adapters.parse_model_spec``; here it is checked before any
 model loads and fingerprinted (model, adapters and ratios), so cached generations of one ratio are
 never reused for another.
 """
@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 from cvlocal.evaluation.files import file_fingerprint, require_gguf
-from cvlocal.llama_adapters import check_adapter_file, parse_model_spec
+from cvlocal.llama.adapters import check_adapter_file, parse_model_spec
 
 
 def require_model_spec(spec: str | Path) -> Path:

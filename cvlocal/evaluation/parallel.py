@@ -98,7 +98,7 @@ def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | N
     A model spec with LoRA adapters (``CP.gguf+ADAPTER.gguf@R``) runs one at a time: the batched
     decoder does not attach adapters yet.
     """
-    from cvlocal.llama_adapters import parse_model_spec
+    from cvlocal.llama.adapters import parse_model_spec
 
     _model, adapters = parse_model_spec(path)
     if adapters and parallel not in (None, 1):

@@ -6,8 +6,13 @@
 - ``sampling``: one sampler chain per sequence, built as ``Llama`` builds its own.
 - ``batch``: the batched decoder (several sequences per ``llama_decode``, continuous batching).
 - ``shared``: a ``Llama`` look-alike many threads generate with at once, over the batched decoder.
+- ``adapters``: LoRA adapters on a ``Llama`` through llama.cpp's C API (checked handles, scales that change).
+- ``facts``: what cvlocal asks a loaded ``Llama`` beyond its public methods (the one place for ``_model``).
+- ``stops``, ``utf8``: stop strings and whole characters out of the token stream.
+- ``loader``: opening a high-level ``Llama`` (chat, server, release checks, evaluators) with the load log captured.
 
-Callers still on the high-level ``Llama`` (chat, server, release checks, demo) move here one by one.
+Nothing outside this package imports ``llama_cpp`` or touches a ``Llama``'s ``_model``/``_ctx``
+(tests/test_llama_boundary.py); the server and chat-format glue in ``cvlocal/chat`` still use llama-cpp-python's high-level server and chat formats.
 """
 from cvlocal.llama.batch import BatchedDecoder, Completion, Event, Handle, Request
 from cvlocal.llama.log import LogCapture, captured_log

@@ -28,8 +28,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
-from cvlocal.chat.stops import StopScanner
-from cvlocal.chat.utf8 import Utf8Stream
+from cvlocal.llama.stops import StopScanner
+from cvlocal.llama.utf8 import Utf8Stream
 from cvlocal.errors import WorkError
 from cvlocal.llama.log import captured_log
 from cvlocal.llama.model import DEFAULT_BATCH, Model

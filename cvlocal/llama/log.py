@@ -15,12 +15,35 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from cvlocal.chat.llama_log import CONT, ERROR, WARN, LlamaLog
+WARN = 3  # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+ERROR = 4
+CONT = 5
+
+
+class LogCapture:
+    """The lines llama.cpp logged, with their levels (continuations joined to their line).
+
+    ``problems()`` is what a failed load explains itself with.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def add(self, level: int, text: str) -> None:
+        if level == CONT and self.lines:
+            last_level, last = self.lines[-1]
+            self.lines[-1] = (last_level, last + text)
+        else:
+            self.lines.append((level, text))
+
+    def problems(self) -> list[str]:
+        """Warning and error lines, stripped, in order."""
+        return [" ".join(text.split()) for level, text in self.lines if level in (WARN, ERROR) and text.strip()]
+
 
 _local = threading.local()
 _installed: list[Any] = []  # keeps the ctypes callback alive for as long as llama.cpp may call it
 _install_lock = threading.Lock()
-LogCapture = LlamaLog  # the lines and their levels; problems() is what a failed load explains itself with
 
 
 def _stack() -> list[LogCapture]:

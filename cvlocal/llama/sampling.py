@@ -11,14 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cvlocal.chat.generation import Sampling
-
 PENALTY_LAST_N = 64  # Llama's last_n_tokens_size default
 
 
 @dataclass
+class Sampling:
+    """Sampling settings for one generation (llama.cpp's sampler chain); the chat's settings."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 40
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int = 0
+
+
+@dataclass
 class SamplingParams(Sampling):
-    """The chat's :class:`~cvlocal.chat.generation.Sampling` (temperature 0 is greedy, the other settings then
+    """:class:`Sampling` (temperature 0 is greedy, the other settings then
     do nothing) plus the rest of what ``Llama`` chains: typical-p and the frequency and presence penalties."""
 
     typical_p: float = 1.0

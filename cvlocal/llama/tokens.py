@@ -3,7 +3,7 @@
 :class:`Vocab` answers what the chat-template code asks of a ``Llama`` (``tokenize``,
 ``detokenize``, ``metadata``, ``n_vocab``, ``token_bos``/``token_eos``, ``_model``), so templates
 render the same prompt tokens here as there. Streamed text goes through the chat's
-:class:`~cvlocal.chat.utf8.Utf8Stream` (whole characters only: a byte-level BPE or byte-fallback
+:class:`~cvlocal.llama.utf8.Utf8Stream` (whole characters only: a byte-level BPE or byte-fallback
 token can end inside a multi-byte character).
 """
 from __future__ import annotations

@@ -502,20 +502,15 @@ def _title(report: ReleaseReport, req: ReleaseRequest) -> str:
 
 def _open_vocab(path: Path) -> Any:
     """The reference's vocabulary and metadata only (no weights): tokenizing, template, stop tokens."""
-    import contextlib
-    import io
-
-    from llama_cpp import Llama
+    from cvlocal.llama.loader import LoadError, open_llama
 
     # A vocabulary-only model has no training context, and llama.cpp warns about that on every
-    # load (through llama-cpp-python's Python log callback, so redirecting sys.stderr catches it).
-    captured = io.StringIO()
+    # load; the capture keeps it off the progress bars and gives a failure its reason.
     try:
-        with contextlib.redirect_stderr(captured):
-            return Llama(model_path=str(path), vocab_only=True, verbose=False)
-    except (ValueError, RuntimeError, OSError) as err:
-        detail = _one_line(err) + (f"; {_one_line(Exception(captured.getvalue()))}" if captured.getvalue().strip() else "")
-        raise WorkError(f"llama.cpp could not read the vocabulary of {path.name} ({detail})") from err
+        return open_llama(path, vocab_only=True, verbose=False)
+    except LoadError as err:
+        detail = "; ".join([_one_line(err.cause), *err.problems[-2:]])
+        raise WorkError(f"llama.cpp could not read the vocabulary of {path.name} ({detail})") from err.cause
 
 
 def _chat_facts(vocab: Any) -> tuple[list[str], str | None, TemplateMatch | None]:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cvlocal.llama import facts
 from cvlocal.release.quality import (
     QualitySummary,
     ReferenceRows,
@@ -53,28 +54,16 @@ def open_model(path: Path, n_ctx: int, threads: int | None) -> Any:
     (``cvlocal.session.load_llama`` opens models for chat; scoring needs ``logits_all`` and the
     batch size, which it does not expose.)
     """
-    from llama_cpp import Llama
-
-    from cvlocal.chat.llama_log import captured_llama_log
+    from cvlocal.llama.loader import LoadError, open_llama
 
     # llama.cpp's load-time lines (e.g. that it rounded the context up past the trained length)
     # would scatter over the progress bars; they are kept for the error message instead.
-    with captured_llama_log() as log:
-        try:
-            return Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_ctx,
-                n_ubatch=n_ctx,
-                logits_all=True,
-                n_threads=threads,
-                n_threads_batch=threads,
-                seed=0,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as err:
-            reason = "; ".join([str(err), *log.problems()[-2:]])
-            raise ModelLoadError(f"llama.cpp could not load {path.name} ({reason})") from None
+    try:
+        return open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_threads=threads,
+                          n_threads_batch=threads, seed=0, verbose=False)
+    except LoadError as err:
+        reason = "; ".join([str(err.cause), *err.problems[-2:]])
+        raise ModelLoadError(f"llama.cpp could not load {path.name} ({reason})") from None
 
 
 def close_model(llm: Any) -> None:
@@ -86,12 +75,12 @@ def close_model(llm: Any) -> None:
 
 def model_size_info(llm: Any) -> tuple[int, int]:
     """(bytes of all tensors, number of parameters), as llama.cpp reports them."""
-    return int(llm._model.size()), int(llm._model.n_params())
+    return facts.size_bytes(llm), facts.n_params(llm)
 
 
 def context_length(llm: Any) -> int:
     """The context the model was trained with (an upper bound for the scoring window)."""
-    return int(llm._model.n_ctx_train())
+    return facts.n_ctx_train(llm)
 
 
 def window_logits(llm: Any, window: np.ndarray) -> np.ndarray:
@@ -141,7 +130,7 @@ class Windows:
 
 def make_windows(llm: Any, texts: dict[str, str], n_ctx: int, max_chunks: int | None) -> Windows:
     """Tokenize each language's text as llama.cpp does (BOS if the vocabulary adds one, no special-token parsing) and cut it into windows."""
-    add_bos = bool(llm._model.add_bos_token())
+    add_bos = facts.adds_bos(llm)
     bos = int(llm.token_bos()) if add_bos else None
     rows: list[np.ndarray] = []
     languages: list[str] = []

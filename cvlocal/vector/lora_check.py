@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cvlocal.errors import UsageError
-from cvlocal.llama_adapters import AdapterSpec, open_model
+from cvlocal.llama.adapters import AdapterSpec, open_model
 from cvlocal.release.heldout import load_heldout
 from cvlocal.release.scoring import make_windows, measure, reference_pass
 from cvlocal.ui import item_progress

@@ -13,16 +13,14 @@ prompt; it returns whether anything changed so callers can say so.
 """
 from __future__ import annotations
 
-import math
-
 import ctypes
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from cvlocal.errors import UsageError
-
-GGUF_MAGIC = b"GGUF"
+from cvlocal.llama.model import GGUF_MAGIC
 
 
 @dataclass
@@ -136,11 +134,11 @@ def open_model(model_path: str | Path, adapters: Sequence[AdapterSpec] = (), **k
 
     On a refused adapter the model is closed before the error propagates.
     """
-    from llama_cpp import Llama
+    from cvlocal.llama.loader import llama_class
 
     for spec in adapters:
         check_adapter_file(Path(spec.path))
-    llm = Llama(model_path=str(model_path), **kwargs)
+    llm = llama_class()(model_path=str(model_path), **kwargs)
     try:
         return llm, Adapters(llm, adapters)
     except BaseException:
