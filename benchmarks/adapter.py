@@ -63,7 +63,7 @@ def extract_runs(triple: synthetic.Triple, work: Path, ranks: tuple[str, ...]) -
 
 
 def generation_rate(model: Path, adapters: list, tokens: int = 64) -> float:
-    from cvlocal.llama_adapters import open_model
+    from cvlocal.llama.adapters import open_model
 
     llm, _ = open_model(model, adapters, n_ctx=512, verbose=False, seed=0)
     try:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from convert import write_gguf
-    from cvlocal.llama_adapters import AdapterSpec
+    from cvlocal.llama.adapters import AdapterSpec
     from cvlocal.vector.lora_check import check_adapter
     from cvlocal.vector.lora_extract import extract_lora
     from cvlocal.vector.merge import merge_models
