@@ -1,0 +1,209 @@
+"""Does ``cvlocal imatrix`` give llama.cpp's matrix, and ``cvlocal quantize`` llama-quantize's file?
+
+Issue 18's parity check against llama.cpp's own tools (built once by ``llama_tools.py``, never in
+CI). On a tiny real model (``tests/factory.py``: random weights, hidden 256 and intermediate 512, so
+every row is a multiple of 256 and the k-quant/IQ types are the real ones, no fallbacks):
+
+1. the model converted to an f32 GGUF (``cvlocal convert --outtype f32``);
+2. our matrix: ``cvlocal imatrix`` on the HF folder (torch hooks, float32); theirs: ``llama-imatrix``
+   on the f32 GGUF, same text, same ``--ctx`` and ``--chunks``. Settings that make the two measure
+   the same thing: ``--no-ppl`` (perplexity is not part of the matrix), ``-ctk f32 -ctv f32`` (the
+   default f16 KV cache would round the attention output that ``attn_output`` sees; torch keeps
+   float32), ``-fa off``, no ``--process-output`` (neither side collects ``output.weight``).
+   Nothing else needs setting: llama-imatrix collects every token of each window (the half-window
+   only applies to its perplexity), replaces the first token of each window by BOS, evaluates each
+   window as its own sequence (several per batch: ``n_seq = n_batch / ctx``, which changes nothing
+   per token), and writes raw ``in_sum2`` and ``counts`` (no averaging in the GGUF format);
+3. per matrix: Pearson correlation and median relative error of ``in_sum2``, and whether the counts
+   agree (target from the issue: Pearson >= 0.999, median relative error < 1%);
+4. ``cvlocal quantize --imatrix M`` against ``llama-quantize --imatrix M`` from the *same* matrix
+   file (llama-imatrix's), to iq2_xs and q4_k_m: the files byte for byte, else the tensor data with
+   gguf-py and the metadata keys that differ.
+
+The text is the English held-out text cvlocal ships (``assets/heldout/en.txt``); the HF tokenizer's
+ids are checked against llama.cpp's tokenizer on the GGUF first (otherwise the windows differ).
+
+    .venv/bin/python benchmarks/imatrix_parity.py [--kind llama2] [--ctx 64] [--chunks 8] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import llama_tools  # noqa: E402
+
+QTYPES = {"iq2_xs": "IQ2_XS", "q4_k_m": "Q4_K_M"}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a tool, its output to ``log``; the wall seconds. A failure stops with the log's tail."""
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "w", encoding="utf-8") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise SystemExit(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed ({rc}): {' | '.join(tail)}")
+    return time.perf_counter() - started
+
+
+def read_matrix(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``name -> (in_sum2, counts)`` of an imatrix GGUF, read with gguf-py."""
+    import gguf
+
+    tensors = {t.name: np.asarray(t.data, dtype=np.float64).reshape(-1) for t in gguf.GGUFReader(path).tensors}
+    return {n[: -len(".in_sum2")]: (v, tensors[n[: -len(".in_sum2")] + ".counts"])
+            for n, v in tensors.items() if n.endswith(".in_sum2")}
+
+
+def compare_matrices(ours: Path, theirs: Path) -> list[dict]:
+    """Per matrix: Pearson r, median and max relative error of in_sum2, the two token counts."""
+    a, b = read_matrix(ours), read_matrix(theirs)
+    rows = []
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            rows.append({"tensor": name, "missing_in": "cvlocal" if name not in a else "llama-imatrix"})
+            continue
+        (sa, ca), (sb, cb) = a[name], b[name]
+        rel = np.abs(sa - sb) / np.maximum(np.abs(sb), np.finfo(np.float32).tiny)
+        rows.append({"tensor": name, "pearson": float(np.corrcoef(sa, sb)[0, 1]),
+                     "median_rel": float(np.median(rel)), "max_rel": float(rel.max()),
+                     "counts_ours": float(ca.sum()), "counts_theirs": float(cb.sum())})
+    return rows
+
+
+def compare_gguf(ours: Path, theirs: Path) -> dict:
+    """Byte equality of two GGUFs, else tensor data equality and the metadata keys that differ."""
+    import gguf
+
+    if ours.read_bytes() == theirs.read_bytes():
+        return {"identical_bytes": True, "tensors_differ": [], "keys_differ": []}
+    ra, rb = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    ta = {t.name: (t.tensor_type, bytes(t.data.tobytes())) for t in ra.tensors}
+    tb = {t.name: (t.tensor_type, bytes(t.data.tobytes())) for t in rb.tensors}
+    differ = sorted(n for n in set(ta) | set(tb) if ta.get(n) != tb.get(n))
+
+    def fields(r) -> dict[str, object]:
+        out = {}
+        for name, f in r.fields.items():
+            if name.startswith("GGUF."):
+                continue
+            try:
+                out[name] = f.contents()
+            except Exception:  # noqa: BLE001 - a field gguf-py cannot decode compares by its raw parts
+                out[name] = [bytes(p.tobytes()) for p in f.parts]
+        return out
+
+    fa, fb = fields(ra), fields(rb)
+    keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    return {"identical_bytes": False, "tensors_differ": differ, "tensors": len(ta),
+            "keys_differ": [{"key": k, "cvlocal": _short(fa.get(k)), "llama-quantize": _short(fb.get(k))} for k in keys]}
+
+
+def _short(value: object) -> str:
+    return "(absent)" if value is None else str(value)[:80]
+
+
+def check_tokens(model: Path, gguf_path: Path, text: str) -> tuple[int, int]:
+    """HF tokenizer ids against llama.cpp's on the GGUF (with BOS, no special parsing): (n, n_equal_prefix)."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(model, local_files_only=True)(text, add_special_tokens=True, verbose=False)["input_ids"]
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    ll = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    same = next((i for i, (x, y) in enumerate(zip(hf, ll)) if x != y), min(len(hf), len(ll)))
+    return (len(hf) if len(hf) == len(ll) else -1), same
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", default="llama2", help="tests/factory.py model kind (default llama2)")
+    p.add_argument("--ctx", type=int, default=64)
+    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--text", type=Path, default=ROOT / "assets/heldout/en.txt")
+    p.add_argument("--out", type=Path, default=None, help="write the Markdown report here too")
+    p.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+
+    tools = llama_tools.build()
+    from tests.factory import make_family
+
+    work = Path(tempfile.mkdtemp(prefix="cvlocal-imatrix-parity-"))
+    model = make_family(args.kind, work).cp
+    py = [sys.executable, "-m", "cvlocal"]
+    f32 = work / "model-f32.gguf"
+    run([*py, "convert", str(model), "-o", str(f32), "--outtype", "f32", "--quiet"], work / "convert.log")
+    text = args.text.read_text(encoding="utf-8")
+    n_tokens, same_prefix = check_tokens(model, f32, text)
+
+    ours, theirs = work / "imatrix-cvlocal.gguf", work / "imatrix-llama.gguf"
+    t_ours = run([*py, "imatrix", str(model), "-o", str(ours), "--text", str(args.text), "--ctx", str(args.ctx),
+                  "--chunks", str(args.chunks), "--device", "cpu", "--quiet"], work / "imatrix-cvlocal.log")
+    t_theirs = run([str(tools["llama-imatrix"]), "-m", str(f32), "-f", str(args.text), "-c", str(args.ctx),
+                    "--chunks", str(args.chunks), "-o", str(theirs), "--no-ppl", "-ctk", "f32", "-ctv", "f32",
+                    "-fa", "off", "-t", str(args.threads), "-ngl", "0"], work / "imatrix-llama.log")
+    matrices = compare_matrices(ours, theirs)
+
+    quant = {}
+    for qtype, ftype in QTYPES.items():
+        a, b = work / f"cvlocal-{qtype}.gguf", work / f"llama-{qtype}.gguf"
+        run([*py, "quantize", str(f32), "-o", str(a), "--type", qtype, "--imatrix", str(theirs),
+             "--threads", str(args.threads), "--quiet"], work / f"quantize-cvlocal-{qtype}.log")
+        run([str(tools["llama-quantize"]), "--imatrix", str(theirs), str(f32), str(b), ftype, str(args.threads)],
+            work / f"quantize-llama-{qtype}.log")
+        quant[qtype] = compare_gguf(a, b)
+
+    ok = [m for m in matrices if "pearson" in m]
+    lines = [
+        f"Model: tests/factory.py `{args.kind}` CP (random weights, hidden 256, 2 layers), f32 GGUF. Text: "
+        f"`{args.text.relative_to(ROOT) if args.text.is_relative_to(ROOT) else args.text}` ({n_tokens if n_tokens >= 0 else 'DIFFERENT'} tokens; "
+        f"HF and llama.cpp tokenizers agree on the first {same_prefix}). --ctx {args.ctx}, --chunks {args.chunks}.",
+        f"llama-imatrix settings: `--no-ppl -ctk f32 -ctv f32 -fa off -t {args.threads}` (defaults otherwise).",
+        "",
+        f"Matrix: {len(ok)} matrices compared"
+        + (f"; Pearson min {min(m['pearson'] for m in ok):.6f}, median relative error max {max(m['median_rel'] for m in ok):.2e}, "
+           f"max relative error max {max(m['max_rel'] for m in ok):.2e}; counts equal in "
+           f"{sum(m['counts_ours'] == m['counts_theirs'] for m in ok)}/{len(ok)}" if ok else "")
+        + (f"; missing: {', '.join(m['tensor'] + ' in ' + m['missing_in'] for m in matrices if 'missing_in' in m)}" if len(ok) < len(matrices) else "")
+        + f". Time: cvlocal imatrix {t_ours:.1f} s, llama-imatrix {t_theirs:.1f} s (whole commands, model load included).",
+        "",
+        "| tensor | Pearson | median rel. err. | max rel. err. | counts cvlocal | counts llama |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in ok:
+        lines.append(f"| {m['tensor']} | {m['pearson']:.6f} | {m['median_rel']:.2e} | {m['max_rel']:.2e} | {m['counts_ours']:.0f} | {m['counts_theirs']:.0f} |")
+    lines += ["", "Quantized from the same matrix (llama-imatrix's), cvlocal quantize vs llama-quantize:", ""]
+    for qtype, r in quant.items():
+        if r["identical_bytes"]:
+            lines.append(f"- {qtype}: byte-identical files.")
+            continue
+        data = "identical tensor data" if not r["tensors_differ"] else f"{len(r['tensors_differ'])}/{r['tensors']} tensors differ ({', '.join(r['tensors_differ'][:4])})"
+        keys = "; ".join(f"`{k['key']}` {k['cvlocal']!r} vs {k['llama-quantize']!r}" for k in r["keys_differ"])
+        lines.append(f"- {qtype}: files differ; {data}; metadata keys that differ: {keys or 'none'}.")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        args.out.write_text(report + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps({"matrices": matrices, "quantize": quant, "tokens": n_tokens,
+                                         "seconds": {"cvlocal": t_ours, "llama-imatrix": t_theirs}}, indent=1) + "\n", encoding="utf-8")
+    print(f"(work files in {work})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
