@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,18 @@ if str(ROOT) not in sys.path:
 from benchmarks import llama_tools  # noqa: E402
 
 QTYPES = {"iq2_xs": "IQ2_XS", "q4_k_m": "Q4_K_M"}
+DEFAULT_TEXT = ROOT / "assets" / "heldout" / "en.txt"
+# what makes llama-imatrix measure what the torch hooks measure (see the module docstring)
+LLAMA_IMATRIX_FLAGS = ("--no-ppl", "-ctk", "f32", "-ctv", "f32", "-fa", "off", "-ngl", "0")
+
+
+def _display(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+class ToolFailed(RuntimeError):
+    """A step of the comparison failed (a tool that did not build, run or write its file)."""
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -55,7 +68,7 @@ def run(cmd: list[str], log: Path) -> float:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     if rc != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise SystemExit(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed ({rc}): {' | '.join(tail)}")
+        raise ToolFailed(f"{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} failed ({rc}): {' | '.join(tail)}")
     return time.perf_counter() - started
 
 
@@ -128,80 +141,110 @@ def check_tokens(model: Path, gguf_path: Path, text: str) -> tuple[int, int]:
     return (len(hf) if len(hf) == len(ll) else -1), same
 
 
+def measure(work: Path, *, kind: str = "llama2", ctx: int = 64, chunks: int = 8, threads: int = 2,
+            text: Path = DEFAULT_TEXT, log=sys.stderr) -> dict:
+    """Build the tools if needed, make the model and both matrices and quantized files in ``work``."""
+    tools = llama_tools.build(log=log)
+    from tests.factory import make_family
+
+    model = make_family(kind, work).cp
+    py = [sys.executable, "-m", "cvlocal"]
+    f32 = work / "model-f32.gguf"
+    run([*py, "convert", str(model), "-o", str(f32), "--outtype", "f32", "--quiet"], work / "convert.log")
+    n_tokens, same_prefix = check_tokens(model, f32, text.read_text(encoding="utf-8"))
+
+    ours, theirs = work / "imatrix-cvlocal.gguf", work / "imatrix-llama.gguf"
+    t_ours = run([*py, "imatrix", str(model), "-o", str(ours), "--text", str(text), "--ctx", str(ctx),
+                  "--chunks", str(chunks), "--device", "cpu", "--quiet"], work / "imatrix-cvlocal.log")
+    t_theirs = run([str(tools["llama-imatrix"]), "-m", str(f32), "-f", str(text), "-c", str(ctx),
+                    "--chunks", str(chunks), "-o", str(theirs), *LLAMA_IMATRIX_FLAGS, "-t", str(threads)],
+                   work / "imatrix-llama.log")
+    quant = {}
+    for qtype, ftype in QTYPES.items():
+        a, b = work / f"cvlocal-{qtype}.gguf", work / f"llama-{qtype}.gguf"
+        run([*py, "quantize", str(f32), "-o", str(a), "--type", qtype, "--imatrix", str(theirs),
+             "--threads", str(threads), "--quiet"], work / f"quantize-cvlocal-{qtype}.log")
+        run([str(tools["llama-quantize"]), "--imatrix", str(theirs), str(f32), str(b), ftype, str(threads)],
+            work / f"quantize-llama-{qtype}.log")
+        quant[qtype] = compare_gguf(a, b)
+    return {"kind": kind, "ctx": ctx, "chunks": chunks, "threads": threads, "text": _display(text),
+            "tokens": n_tokens, "tokens_agree": same_prefix, "matrices": compare_matrices(ours, theirs),
+            "quantize": quant, "seconds": {"cvlocal imatrix": t_ours, "llama-imatrix": t_theirs}}
+
+
+def summary(fig: dict) -> dict:
+    """The figures the targets are about: worst Pearson, worst median relative error, counts, missing."""
+    ok = [m for m in fig["matrices"] if "pearson" in m]
+    return {
+        "compared": len(ok),
+        "missing": [f"{m['tensor']} (not in {m['missing_in']})" for m in fig["matrices"] if "missing_in" in m],
+        "pearson_min": min((m["pearson"] for m in ok), default=None),
+        "median_rel_max": max((m["median_rel"] for m in ok), default=None),
+        "max_rel_max": max((m["max_rel"] for m in ok), default=None),
+        "counts_equal": sum(m["counts_ours"] == m["counts_theirs"] for m in ok),
+    }
+
+
+def quantize_verdict(r: dict) -> str:
+    """One line: byte-identical, or what differs (tensor data, metadata keys)."""
+    if r["identical_bytes"]:
+        return "byte-identical files"
+    data = ("identical tensor data" if not r["tensors_differ"]
+            else f"{len(r['tensors_differ'])}/{r['tensors']} tensors differ ({', '.join(r['tensors_differ'][:4])})")
+    keys = "; ".join(f"`{k['key']}` {k['cvlocal']!r} vs {k['llama-quantize']!r}" for k in r["keys_differ"])
+    return f"files differ: {data}; metadata keys that differ: {keys or 'none'}"
+
+
+def report(fig: dict) -> str:
+    """The comparison as Markdown."""
+    s = summary(fig)
+    tokens = fig["tokens"] if fig["tokens"] >= 0 else "DIFFERENT numbers of"
+    lines = [
+        f"Model: tests/factory.py `{fig['kind']}` CP (random weights, hidden 256, intermediate 512, 2 layers), f32 GGUF. "
+        f"Text: `{fig['text']}` ({tokens} tokens; the HF and llama.cpp tokenizers agree on the first {fig['tokens_agree']}). "
+        f"--ctx {fig['ctx']}, --chunks {fig['chunks']}. llama-imatrix flags: `{' '.join(LLAMA_IMATRIX_FLAGS)} -t {fig['threads']}`.",
+        "",
+        f"Matrix: {s['compared']} matrices; Pearson min {s['pearson_min']:.7f}, median relative error at most "
+        f"{s['median_rel_max']:.2e}, largest relative error {s['max_rel_max']:.2e}; counts equal in {s['counts_equal']}/{s['compared']}"
+        + (f"; missing: {', '.join(s['missing'])}" if s["missing"] else "")
+        + f". Whole commands (model load included): cvlocal imatrix {fig['seconds']['cvlocal imatrix']:.1f} s, "
+        f"llama-imatrix {fig['seconds']['llama-imatrix']:.1f} s.",
+        "",
+        "| tensor | Pearson | median rel. err. | max rel. err. | counts cvlocal | counts llama-imatrix |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in fig["matrices"]:
+        if "pearson" in m:
+            lines.append(f"| {m['tensor']} | {m['pearson']:.7f} | {m['median_rel']:.2e} | {m['max_rel']:.2e} "
+                         f"| {m['counts_ours']:.0f} | {m['counts_theirs']:.0f} |")
+    lines += ["", "Quantized from the same matrix file (llama-imatrix's): `cvlocal quantize --imatrix` vs `llama-quantize --imatrix`:", ""]
+    lines += [f"- {qtype}: {quantize_verdict(r)}." for qtype, r in fig["quantize"].items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", default="llama2", help="tests/factory.py model kind (default llama2)")
     p.add_argument("--ctx", type=int, default=64)
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--text", type=Path, default=ROOT / "assets/heldout/en.txt")
+    p.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     p.add_argument("--out", type=Path, default=None, help="write the Markdown report here too")
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
-
-    tools = llama_tools.build()
-    from tests.factory import make_family
-
     work = Path(tempfile.mkdtemp(prefix="cvlocal-imatrix-parity-"))
-    model = make_family(args.kind, work).cp
-    py = [sys.executable, "-m", "cvlocal"]
-    f32 = work / "model-f32.gguf"
-    run([*py, "convert", str(model), "-o", str(f32), "--outtype", "f32", "--quiet"], work / "convert.log")
-    text = args.text.read_text(encoding="utf-8")
-    n_tokens, same_prefix = check_tokens(model, f32, text)
-
-    ours, theirs = work / "imatrix-cvlocal.gguf", work / "imatrix-llama.gguf"
-    t_ours = run([*py, "imatrix", str(model), "-o", str(ours), "--text", str(args.text), "--ctx", str(args.ctx),
-                  "--chunks", str(args.chunks), "--device", "cpu", "--quiet"], work / "imatrix-cvlocal.log")
-    t_theirs = run([str(tools["llama-imatrix"]), "-m", str(f32), "-f", str(args.text), "-c", str(args.ctx),
-                    "--chunks", str(args.chunks), "-o", str(theirs), "--no-ppl", "-ctk", "f32", "-ctv", "f32",
-                    "-fa", "off", "-t", str(args.threads), "-ngl", "0"], work / "imatrix-llama.log")
-    matrices = compare_matrices(ours, theirs)
-
-    quant = {}
-    for qtype, ftype in QTYPES.items():
-        a, b = work / f"cvlocal-{qtype}.gguf", work / f"llama-{qtype}.gguf"
-        run([*py, "quantize", str(f32), "-o", str(a), "--type", qtype, "--imatrix", str(theirs),
-             "--threads", str(args.threads), "--quiet"], work / f"quantize-cvlocal-{qtype}.log")
-        run([str(tools["llama-quantize"]), "--imatrix", str(theirs), str(f32), str(b), ftype, str(args.threads)],
-            work / f"quantize-llama-{qtype}.log")
-        quant[qtype] = compare_gguf(a, b)
-
-    ok = [m for m in matrices if "pearson" in m]
-    lines = [
-        f"Model: tests/factory.py `{args.kind}` CP (random weights, hidden 256, 2 layers), f32 GGUF. Text: "
-        f"`{args.text.relative_to(ROOT) if args.text.is_relative_to(ROOT) else args.text}` ({n_tokens if n_tokens >= 0 else 'DIFFERENT'} tokens; "
-        f"HF and llama.cpp tokenizers agree on the first {same_prefix}). --ctx {args.ctx}, --chunks {args.chunks}.",
-        f"llama-imatrix settings: `--no-ppl -ctk f32 -ctv f32 -fa off -t {args.threads}` (defaults otherwise).",
-        "",
-        f"Matrix: {len(ok)} matrices compared"
-        + (f"; Pearson min {min(m['pearson'] for m in ok):.6f}, median relative error max {max(m['median_rel'] for m in ok):.2e}, "
-           f"max relative error max {max(m['max_rel'] for m in ok):.2e}; counts equal in "
-           f"{sum(m['counts_ours'] == m['counts_theirs'] for m in ok)}/{len(ok)}" if ok else "")
-        + (f"; missing: {', '.join(m['tensor'] + ' in ' + m['missing_in'] for m in matrices if 'missing_in' in m)}" if len(ok) < len(matrices) else "")
-        + f". Time: cvlocal imatrix {t_ours:.1f} s, llama-imatrix {t_theirs:.1f} s (whole commands, model load included).",
-        "",
-        "| tensor | Pearson | median rel. err. | max rel. err. | counts cvlocal | counts llama |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in ok:
-        lines.append(f"| {m['tensor']} | {m['pearson']:.6f} | {m['median_rel']:.2e} | {m['max_rel']:.2e} | {m['counts_ours']:.0f} | {m['counts_theirs']:.0f} |")
-    lines += ["", "Quantized from the same matrix (llama-imatrix's), cvlocal quantize vs llama-quantize:", ""]
-    for qtype, r in quant.items():
-        if r["identical_bytes"]:
-            lines.append(f"- {qtype}: byte-identical files.")
-            continue
-        data = "identical tensor data" if not r["tensors_differ"] else f"{len(r['tensors_differ'])}/{r['tensors']} tensors differ ({', '.join(r['tensors_differ'][:4])})"
-        keys = "; ".join(f"`{k['key']}` {k['cvlocal']!r} vs {k['llama-quantize']!r}" for k in r["keys_differ"])
-        lines.append(f"- {qtype}: files differ; {data}; metadata keys that differ: {keys or 'none'}.")
-    report = "\n".join(lines)
-    print(report)
+    try:
+        fig = measure(work, kind=args.kind, ctx=args.ctx, chunks=args.chunks, threads=args.threads, text=args.text)
+    except (ToolFailed, llama_tools.BuildFailed) as err:
+        print(f"imatrix parity: {err} (work files in {work})", file=sys.stderr)
+        return 1
+    text = report(fig)
+    print(text)
     if args.out:
-        args.out.write_text(report + "\n", encoding="utf-8")
+        args.out.write_text(text + "\n", encoding="utf-8")
     if args.json:
-        args.json.write_text(json.dumps({"matrices": matrices, "quantize": quant, "tokens": n_tokens,
-                                         "seconds": {"cvlocal": t_ours, "llama-imatrix": t_theirs}}, indent=1) + "\n", encoding="utf-8")
-    print(f"(work files in {work})", file=sys.stderr)
+        args.json.write_text(json.dumps(fig, indent=1) + "\n", encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

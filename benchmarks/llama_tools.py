@@ -12,7 +12,6 @@ takes five minutes or more on two cores. A second call finds the binaries and re
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -25,14 +24,18 @@ TOOLS = ROOT / ".build" / "llama-tools"
 TARGETS = ("llama-imatrix", "llama-quantize")
 
 
+class BuildFailed(RuntimeError):
+    """The tools could not be built: the message names the log or the missing source."""
+
+
 def makefile_cmake_args() -> list[str]:
-    """LLAMA_CMAKE_ARGS as the Makefile sets it (the environment overrides it, as in make)."""
-    if os.environ.get("LLAMA_CMAKE_ARGS"):
-        return shlex.split(os.environ["LLAMA_CMAKE_ARGS"])
-    for line in (ROOT / "Makefile").read_text(encoding="utf-8").splitlines():
-        if line.startswith("LLAMA_CMAKE_ARGS"):
-            return shlex.split(line.split("=", 1)[1])
-    raise SystemExit("Makefile: no LLAMA_CMAKE_ARGS line")
+    """LLAMA_CMAKE_ARGS as make itself expands it (so ``LLAMA_CMAKE_ARGS=...`` in the environment wins, as in make)."""
+    rule = "print-llama-cmake-args: ; @echo $(LLAMA_CMAKE_ARGS)"
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), f"--eval={rule}", "print-llama-cmake-args"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise BuildFailed(f"{ROOT / 'Makefile'}: make could not print LLAMA_CMAKE_ARGS ({proc.stderr.strip()[:120]})")
+    return shlex.split(proc.stdout)
 
 
 def binary(name: str) -> Path:
@@ -44,7 +47,7 @@ def build(jobs: int = 2, log=sys.stderr) -> dict[str, Path]:
     if all(binary(t).is_file() for t in TARGETS):
         return {t: binary(t) for t in TARGETS}
     if not (SOURCE / "CMakeLists.txt").is_file():
-        raise SystemExit(f"{SOURCE}: llama.cpp source not unpacked; run `make setup` first")
+        raise BuildFailed(f"{SOURCE}: llama.cpp source not unpacked; run `make setup` first")
     TOOLS.mkdir(parents=True, exist_ok=True)
     configure = [
         "cmake", "-S", str(SOURCE), "-B", str(TOOLS / "build"), "-DCMAKE_BUILD_TYPE=Release",
@@ -55,8 +58,9 @@ def build(jobs: int = 2, log=sys.stderr) -> dict[str, Path]:
     for cmd, name in ((configure, "configure.log"), (compile_, "build.log")):
         print("+ " + shlex.join(cmd), file=log)
         with open(TOOLS / name, "w", encoding="utf-8") as out:
-            if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                raise SystemExit(f"{TOOLS / name}: the llama.cpp tools did not build; read the log")
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                raise BuildFailed(f"{TOOLS / name}: the llama.cpp tools did not build (exit {rc}); read the log")
     return {t: binary(t) for t in TARGETS}
 
 
@@ -64,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
-    for name, path in build(args.jobs).items():
+    try:
+        tools = build(args.jobs)
+    except BuildFailed as err:
+        print(err, file=sys.stderr)
+        return 1
+    for name, path in tools.items():
         print(f"{name}: {path}")
     return 0
 
