@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import llama_tools  # noqa: E402
+from benchmarks import compare, llama_tools  # noqa: E402
 
 QTYPES = {"iq2_xs": "IQ2_XS", "q4_k_m": "Q4_K_M"}
 DEFAULT_TEXT = ROOT / "assets" / "heldout" / "en.txt"
@@ -98,30 +98,27 @@ def compare_matrices(ours: Path, theirs: Path) -> list[dict]:
 
 
 def compare_gguf(ours: Path, theirs: Path) -> dict:
-    """Byte equality of two GGUFs, else tensor data equality and the metadata keys that differ."""
+    """Byte equality of two GGUFs; the tensor data (``compare.compare_gguf``) and the metadata values that differ."""
     import gguf
 
     if ours.read_bytes() == theirs.read_bytes():
-        return {"identical_bytes": True, "tensors_differ": [], "keys_differ": []}
-    ra, rb = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
-    ta = {t.name: (t.tensor_type, bytes(t.data.tobytes())) for t in ra.tensors}
-    tb = {t.name: (t.tensor_type, bytes(t.data.tobytes())) for t in rb.tensors}
-    differ = sorted(n for n in set(ta) | set(tb) if ta.get(n) != tb.get(n))
+        return {"identical_bytes": True, "tensor_data": "identical", "tensors_identical": True, "keys_differ": []}
+    tensors = compare.compare_gguf(ours, theirs)
 
-    def fields(r) -> dict[str, object]:
+    def fields(path: Path) -> dict[str, object]:
         out = {}
-        for name, f in r.fields.items():
-            if name.startswith("GGUF."):
-                continue
-            try:
-                out[name] = f.contents()
-            except Exception:  # noqa: BLE001 - a field gguf-py cannot decode compares by its raw parts
-                out[name] = [bytes(p.tobytes()) for p in f.parts]
+        for name, f in gguf.GGUFReader(path).fields.items():
+            if not name.startswith("GGUF."):
+                try:
+                    out[name] = f.contents()
+                except Exception:  # noqa: BLE001 - a field gguf-py cannot decode compares by its raw parts
+                    out[name] = [bytes(part.tobytes()) for part in f.parts]
         return out
 
-    fa, fb = fields(ra), fields(rb)
+    fa, fb = fields(ours), fields(theirs)
     keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
-    return {"identical_bytes": False, "tensors_differ": differ, "tensors": len(ta),
+    return {"identical_bytes": False, "tensor_data": tensors.summary(), "tensors_identical": tensors.identical,
+            "tensors_differ": tensors.first_differ,
             "keys_differ": [{"key": k, "cvlocal": _short(fa.get(k)), "llama-quantize": _short(fb.get(k))} for k in keys]}
 
 
@@ -189,10 +186,8 @@ def quantize_verdict(r: dict) -> str:
     """One line: byte-identical, or what differs (tensor data, metadata keys)."""
     if r["identical_bytes"]:
         return "byte-identical files"
-    data = ("identical tensor data" if not r["tensors_differ"]
-            else f"{len(r['tensors_differ'])}/{r['tensors']} tensors differ ({', '.join(r['tensors_differ'][:4])})")
     keys = "; ".join(f"`{k['key']}` {k['cvlocal']!r} vs {k['llama-quantize']!r}" for k in r["keys_differ"])
-    return f"files differ: {data}; metadata keys that differ: {keys or 'none'}"
+    return f"files differ; tensor data {r['tensor_data']}; metadata keys that differ: {keys or 'none'}"
 
 
 def report(fig: dict) -> str:

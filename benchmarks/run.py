@@ -659,7 +659,7 @@ class Bench:
             row.metrics = {"result": verdict}
             row.runs = [r]
             s.rows.append(row)
-            s.targets.append(Target(goal, verdict, not r["tensors_differ"]))
+            s.targets.append(Target(goal, verdict, r["tensors_identical"]))
         s.notes.append(f"Tiny tests/factory.py `{fig['kind']}` model (hidden 256), f32 GGUF, text `{fig['text']}` "
                        f"({fig['tokens']} tokens), --ctx {fig['ctx']} --chunks {fig['chunks']}; llama-imatrix with "
                        f"`{' '.join(imatrix_parity.LLAMA_IMATRIX_FLAGS)}` (why: benchmarks/imatrix_parity.py).")

@@ -54,11 +54,11 @@ def test_file_comparison_separates_metadata_from_tensor_data(tmp_path: Path) -> 
     assert imatrix_parity.compare_gguf(a, _model(tmp_path / "same.gguf", "one", data))["identical_bytes"]
 
     r = imatrix_parity.compare_gguf(a, _model(tmp_path / "b.gguf", "two", data))
-    assert not r["identical_bytes"] and r["tensors_differ"] == []
+    assert not r["identical_bytes"] and r["tensors_identical"]
     assert [k["key"] for k in r["keys_differ"]] == ["general.name"]
-    assert "identical tensor data" in imatrix_parity.quantize_verdict(r)
+    assert "identical: 1/1 tensors bit-equal" in imatrix_parity.quantize_verdict(r)
 
     changed = data.copy()
     changed[1, 7] = np.nextafter(changed[1, 7], np.float32(2))  # one ulp in one value
     r = imatrix_parity.compare_gguf(a, _model(tmp_path / "c.gguf", "one", changed))
-    assert r["tensors_differ"] == ["blk.0.attn_q.weight"] and r["keys_differ"] == []
+    assert not r["tensors_identical"] and r["tensors_differ"] == ["blk.0.attn_q.weight"] and r["keys_differ"] == []
