@@ -16,6 +16,10 @@ each run. Sections (``--only``):
   time to first token at turn 1 and turn 10.
 * ``eval``: items per minute of each ``cvlocal eval`` suite (``--limit``).
 * ``release``: ``cvlocal release --types q4_k_m,q8_0`` against llama.cpp convert + two quantize runs.
+* ``imatrix``: ``cvlocal imatrix`` against llama.cpp's own ``llama-imatrix`` (Pearson and median
+  relative error per matrix), and ``cvlocal quantize --imatrix`` against ``llama-quantize --imatrix``
+  from the same matrix (iq2_xs, q4_k_m); the two tools are built once into ``.build/llama-tools``
+  (``imatrix_parity.py``, ``llama_tools.py``; a tiny model, whatever ``--size``).
 
 A section whose cvlocal command does not exist (yet) is reported as "not available"; a tool that
 fails is reported with its exit status and last error line; neither stops the run. Results go to
@@ -44,7 +48,8 @@ if str(ROOT) not in sys.path:
 from benchmarks import compare, harness, synthetic  # noqa: E402
 from benchmarks.peers import Peers, Unavailable  # noqa: E402
 
-SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "release")
+SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "release", "imatrix")
+UNTIMED = ("equality", "imatrix")  # sections of comparisons, not of timings
 MB = 1e6
 GB = 1e9
 ANON_TARGET = 1 * GB
@@ -621,6 +626,46 @@ class Bench:
         return s
 
 
+    # -- importance matrix parity with llama.cpp's tools -----------------------------------------
+    def section_imatrix(self) -> Section:
+        """Issue 18: our matrix against llama-imatrix's, our quantized files against llama-quantize's."""
+        from benchmarks import imatrix_parity, llama_tools
+
+        s = Section("imatrix", "Importance matrix and quantization parity with llama.cpp's tools")
+        s.relative_to = None
+        s.columns = [("result", "result")]
+        goals = [f"{q} from the same matrix: tensor data byte-identical to llama-quantize's" for q in imatrix_parity.QTYPES]
+        goals = ["Pearson >= 0.999 per matrix", "median relative error < 1% per matrix", *goals]
+        self.log("imatrix: building llama-imatrix and llama-quantize if needed, then the comparison")
+        try:
+            fig = imatrix_parity.measure(self.fresh("imatrix", "parity"), threads=self.threads)
+        except (imatrix_parity.ToolFailed, llama_tools.BuildFailed) as err:
+            s.rows.append(Row("cvlocal imatrix vs llama-imatrix", "not available", str(err)))
+            s.targets += [Target(goal, "not measured", None) for goal in goals]
+            return s
+        sm = imatrix_parity.summary(fig)
+        row = Row("cvlocal imatrix vs llama-imatrix")
+        row.metrics = {"result": f"{sm['compared']} matrices, Pearson min {sm['pearson_min']:.7f}, median rel. err. max "
+                                 f"{sm['median_rel_max']:.2e}, counts equal {sm['counts_equal']}/{sm['compared']}"
+                                 + (f", missing {', '.join(sm['missing'])}" if sm["missing"] else "")}
+        row.runs = [{"matrices": fig["matrices"], "seconds": fig["seconds"]}]
+        s.rows.append(row)
+        complete = not sm["missing"] and sm["compared"] > 0
+        s.targets.append(Target(goals[0], f"min {sm['pearson_min']:.7f}", complete and sm["pearson_min"] >= 0.999))
+        s.targets.append(Target(goals[1], f"max {sm['median_rel_max']:.2e}", complete and sm["median_rel_max"] < 0.01))
+        for goal, (qtype, r) in zip(goals[2:], fig["quantize"].items()):
+            verdict = imatrix_parity.quantize_verdict(r)
+            row = Row(f"{qtype}: cvlocal quantize vs llama-quantize")
+            row.metrics = {"result": verdict}
+            row.runs = [r]
+            s.rows.append(row)
+            s.targets.append(Target(goal, verdict, r["tensors_identical"]))
+        s.notes.append(f"Tiny tests/factory.py `{fig['kind']}` model (hidden 256), f32 GGUF, text `{fig['text']}` "
+                       f"({fig['tokens']} tokens), --ctx {fig['ctx']} --chunks {fig['chunks']}; llama-imatrix with "
+                       f"`{' '.join(imatrix_parity.LLAMA_IMATRIX_FLAGS)}` (why: benchmarks/imatrix_parity.py).")
+        return s
+
+
 def mergekit_config(t: synthetic.Triple, ratio: float) -> str:
     return (
         "merge_method: task_arithmetic\n"
@@ -726,7 +771,7 @@ def render(results: dict) -> str:
         extra = [tuple(c) for c in sec.get("columns") or []]
         rel = sec.get("relative_to")
         base_row = next((r for r in sec["rows"] if r["tool"] == rel and r["status"] == "ok"), None) if rel else None
-        timed = name != "equality"
+        timed = name not in UNTIMED
         header = ["tool"]
         if timed:
             header += ["time (s)", "runs (s)"] + ([f"time / {rel} time"] if base_row else []) + ["peak RSS (MB)", "peak anon (MB)"]

@@ -57,10 +57,15 @@ class QuantizeOptions:
 
 
 def imatrix_metadata(path: Path, matrix) -> dict[str, str | int]:
-    """The ``quantize.imatrix.*`` keys llama-quantize records (file, first dataset, entries, chunks)."""
-    keys: dict[str, str | int] = {"quantize.imatrix.file": str(path)[:127], "quantize.imatrix.entries_count": len(matrix.sums)}
+    """The ``quantize.imatrix.*`` keys llama-quantize records (file, first dataset, entries, chunks).
+
+    In llama-quantize's order too: llama.cpp writes overrides in the order given, and with the same
+    order the output is byte-identical to llama-quantize's from the same matrix (benchmarks/imatrix_parity.py).
+    """
+    keys: dict[str, str | int] = {"quantize.imatrix.file": str(path)[:127]}
     if matrix.datasets:
         keys["quantize.imatrix.dataset"] = matrix.datasets[0][:127]
+    keys["quantize.imatrix.entries_count"] = len(matrix.sums)
     if matrix.chunk_count > 0:
         keys["quantize.imatrix.chunks_count"] = int(matrix.chunk_count)
     return keys

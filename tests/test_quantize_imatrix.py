@@ -6,6 +6,7 @@ sent to a real ``cvlocal quantize`` process.
 """
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,19 @@ def _field(path: Path, key: str):
     return bytes(value).decode() if f.types[-1] == gguf.GGUFValueType.STRING else int(value[0])
 
 
+LLAMA_CPP = next(iter(sorted(ROOT.glob(".build/sdist/llama_cpp_python-*/vendor/llama.cpp"))), None)
+
+
+def _llama_quantize_key_order() -> list[str] | None:
+    """The order in which llama.cpp's tools/quantize/quantize.cpp sets the quantize.imatrix.* overrides."""
+    src = LLAMA_CPP / "tools" / "quantize" / "quantize.cpp" if LLAMA_CPP else None
+    if src is None or not src.is_file():
+        return None
+    text = src.read_text(encoding="utf-8")
+    names = dict(re.findall(r'(LLM_KV_QUANTIZE_IMATRIX_\w+)\s*=\s*"([^"]+)"', text))
+    return [names[c] for c in re.findall(r"strcpy\(kvo\.key, (LLM_KV_QUANTIZE_IMATRIX_\w+)\)", text)]
+
+
 def _generates(path: Path) -> None:
     import llama_cpp
 
@@ -54,6 +68,10 @@ def test_low_bit_types_with_the_matrix_load_and_generate(tiny_gguf, tiny_imatrix
     assert _field(out, "quantize.imatrix.entries_count") == 14
     assert _field(out, "quantize.imatrix.chunks_count") == 4
     assert _field(out, "quantize.imatrix.dataset").endswith("story.txt")
+    order = _llama_quantize_key_order()  # same order as llama-quantize: then the files are byte-identical
+    if order is not None:
+        assert len(order) == 4
+        assert [k for k in gguf.GGUFReader(out).fields if k.startswith("quantize.imatrix.")] == order
     _generates(out)
 
 
