@@ -103,6 +103,21 @@ class Peers:
                 raise Unavailable(self._mergekit) from None
         return self._mergekit
 
+    def mergekit_extract_lora(self) -> Path:
+        """Path of ``mergekit-extract-lora`` (same venv as ``mergekit-yaml``); raises Unavailable with the reason."""
+        script = self.mergekit().parent / "mergekit-extract-lora"
+        if not script.exists():
+            raise Unavailable(f"{script} is missing from the mergekit install")
+        return script
+
+    def llama_convert_lora(self) -> LlamaConvert:
+        """llama.cpp's ``convert_lora_to_gguf.py``, beside the ``convert_hf_to_gguf.py`` of ``llama_convert``."""
+        conv = self.llama_convert()
+        script = conv.script.parent / "convert_lora_to_gguf.py"
+        if not script.is_file():
+            raise Unavailable(f"{script} is missing from the llama.cpp sources")
+        return LlamaConvert(conv.python, script, conv.env, conv.version)
+
     # -- llama.cpp converter ------------------------------------------------------------------
     def llama_convert(self) -> LlamaConvert:
         if isinstance(self._convert, str):
