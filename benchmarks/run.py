@@ -644,7 +644,7 @@ class Bench:
             return tools
         tools.append(Tool(name, lambda out: [
             ([str(mk), "--model", str(t.chat), "--base-model", str(t.base), "--out-path", str(out / "peft"),
-              "--max-rank", str(ADAPTER_RANK)], {}),
+              "--max-rank", str(ADAPTER_RANK), "--embed-lora", "--skip-undecomposable"], {}),
             ([str(conv.python), str(conv.script), str(out / "peft"), "--base", str(t.base), "--outfile", str(out / "adapter.gguf"),
               "--outtype", "f16"], conv.env),
         ]))
@@ -698,7 +698,8 @@ class Bench:
                            f"first, one run each, in the benchmark's own process; the low-rank path costs {100 * cost:.1f}% of the "
                            "merged model's rate.")
         s.notes.append("Extraction rows: one fresh process each (`--outtype f16`), wall time and peak anonymous memory of the "
-                       "process (the chain: of its two steps, peak of the larger). The synthetic chat model is the base plus i.i.d. "
+                       "process (the chain: of its two steps, peak of the larger). The chain runs with `--embed-lora --skip-undecomposable`, "
+                       "so that it carries what cvlocal's adapter carries (token_embd as a pair, norms left out). The synthetic chat model is the base plus i.i.d. "
                        "noise, a full-rank vector: the worst case for the energy a low rank keeps. Fidelity (KL / top-1 against "
                        "the exact merge) is in ADAPTER.md (`benchmarks/adapter.py`).")
         self.drop("adapter", tools)
