@@ -16,9 +16,8 @@ The synthetic chat model is the base plus i.i.d. noise, a full-rank perturbation
 a low-rank adapter (the energy kept grows about linearly with the rank); real chat vectors
 concentrate their energy in far fewer directions, so read the fidelity rows as a lower bound.
 
-mergekit's ``mergekit-extract-lora`` and llama.cpp's ``convert_lora_to_gguf.py`` chain is not run
-here: mergekit is not installed in this environment (``benchmarks/peers.py`` installs only
-``mergekit-yaml`` for the merge section).
+mergekit's ``mergekit-extract-lora`` + llama.cpp's ``convert_lora_to_gguf.py`` chain is timed by
+``benchmarks/run.py --only adapter`` (``make bench``'s adapter section), not here.
 
 Run: ``python benchmarks/adapter.py [--size tiny] [--out benchmarks/ADAPTER.md]``.
 """

@@ -103,6 +103,24 @@ class Peers:
                 raise Unavailable(self._mergekit) from None
         return self._mergekit
 
+    def mergekit_extract_lora(self) -> Path:
+        """Path of ``mergekit-extract-lora`` (same venv as ``mergekit-yaml``); raises Unavailable with the reason."""
+        script = self.mergekit().parent / "mergekit-extract-lora"
+        if not script.exists():
+            raise Unavailable(f"{script} is missing from the mergekit install")
+        return script
+
+    def llama_convert_lora(self) -> LlamaConvert:
+        """llama.cpp's ``convert_lora_to_gguf.py``, beside the ``convert_hf_to_gguf.py`` of ``llama_convert``."""
+        conv = self.llama_convert()
+        script = conv.script.parent / "convert_lora_to_gguf.py"
+        archive = self.cache / "sdist" / f"llama_cpp_python-{conv.version}.tar.gz"
+        if not script.is_file() and archive.is_file():  # unpacked by an older peers.py that took only the HF converter
+            _unpack_converter(archive, archive.parent)
+        if not script.is_file():
+            raise Unavailable(f"{script} is missing from the llama.cpp sources")
+        return LlamaConvert(conv.python, script, conv.env, conv.version)
+
     # -- llama.cpp converter ------------------------------------------------------------------
     def llama_convert(self) -> LlamaConvert:
         if isinstance(self._convert, str):
@@ -163,7 +181,7 @@ def llama_cpp_python_version() -> str:
 
 def _unpack_converter(archive: Path, dest: Path) -> None:
     """Unpack only what the converter needs (script, its package, gguf-py, requirements, licence)."""
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "requirements/", "LICENSE")
+    wanted = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "requirements/", "LICENSE")
     with tarfile.open(archive) as tar:
         members = []
         for m in tar.getmembers():

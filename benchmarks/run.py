@@ -20,6 +20,9 @@ each run. Sections (``--only``):
   relative error per matrix), and ``cvlocal quantize --imatrix`` against ``llama-quantize --imatrix``
   from the same matrix (iq2_xs, q4_k_m); the two tools are built once into ``.build/llama-tools``
   (``imatrix_parity.py``, ``llama_tools.py``; a tiny model, whatever ``--size``).
+* ``adapter``: ``cvlocal extract BASE CHAT -o x.gguf`` (the chat vector as a GGUF LoRA adapter) at rank 64
+  and ``auto`` against mergekit's ``mergekit-extract-lora`` + llama.cpp's ``convert_lora_to_gguf.py``,
+  and the generation rate of CP + adapter against the merged GGUF (both f16).
 
 A section whose cvlocal command does not exist (yet) is reported as "not available"; a tool that
 fails is reported with its exit status and last error line; neither stops the run. Results go to
@@ -48,11 +51,13 @@ if str(ROOT) not in sys.path:
 from benchmarks import compare, harness, synthetic  # noqa: E402
 from benchmarks.peers import Peers, Unavailable  # noqa: E402
 
-SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "release", "imatrix")
+SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "release", "imatrix", "adapter")
 UNTIMED = ("equality", "imatrix")  # sections of comparisons, not of timings
 MB = 1e6
 GB = 1e9
 ANON_TARGET = 1 * GB
+ADAPTER_ANON_TARGET = 1.5 * GB
+ADAPTER_RANK = 64
 EVAL_SUITES = ("toxicity", "safety", "instructions", "dialogue")
 CHAT_TURNS = (
     "Tell me about the weather today.",
@@ -623,6 +628,86 @@ class Bench:
                 f"{k} {v:.1f} s" for k, v in stages["seconds"].items() if isinstance(v, (int, float))))
         s.targets = [ratio_target("cvlocal release no slower than the chain (chain time / cvlocal time >= 1)", s.rows[1], s.rows[0], at_least=1)]
         self.drop("release", tools)
+        return s
+
+    # -- adapter ----------------------------------------------------------------------------
+    def adapter_tools(self) -> list[Tool]:
+        t = self.inputs()
+
+        def extract(rank: str) -> Callable[[Path], list[Command]]:
+            return lambda out: [(self.cvlocal("extract", t.base, t.chat, "-o", out / "adapter.gguf", "--rank", rank, "--outtype", "f16",
+                                              "--json", "--quiet"), {})]
+
+        tools = [self.cvlocal_tool("extract", extract(str(ADAPTER_RANK)), name=f"cvlocal extract --rank {ADAPTER_RANK}"),
+                 self.cvlocal_tool("extract", extract("auto"), name="cvlocal extract --rank auto (energy 0.9)")]
+        name = f"chain: mergekit-extract-lora --max-rank {ADAPTER_RANK} + llama.cpp convert_lora_to_gguf (f16)"
+        try:
+            mk = self.peers.mergekit_extract_lora()
+            conv = self.peers.llama_convert_lora()
+        except Unavailable as err:
+            tools.append(Tool(name, None, str(err)))
+            return tools
+        tools.append(Tool(name, lambda out: [
+            ([str(mk), "--model", str(t.chat), "--base-model", str(t.base), "--out-path", str(out / "peft"),
+              "--max-rank", str(ADAPTER_RANK), "--embed-lora", "--skip-undecomposable"], {}),
+            ([str(conv.python), str(conv.script), str(out / "peft"), "--base", str(t.base), "--outfile", str(out / "adapter.gguf"),
+              "--outtype", "f16"], conv.env),
+        ]))
+        return tools
+
+    def adapter_rates(self, adapter: Path) -> dict[str, float]:
+        """Generation rate (tokens/s after the first) of the merged f16 GGUF and of CP f16 + the f16 adapter."""
+        from benchmarks.adapter import generation_rate
+        from convert import write_gguf
+        from cvlocal.llama.adapters import AdapterSpec
+        from cvlocal.vector.merge import merge_models
+
+        t = self.inputs()
+        work = self.fresh("adapter", "rates")
+        cp16 = write_gguf(t.cp, work / "cp-f16.gguf", "f16")
+        merged = Path(merge_models(t.cp, work / "merged-f16.gguf", base=t.base, chat=t.chat, ratio=1.0, special_tokens="none",
+                                   outtype="f16", quiet=True)["files"][0])
+        tokens = self.args.chat_tokens
+        rates = {"merged": generation_rate(merged, [], tokens), "adapter": generation_rate(cp16, [AdapterSpec(adapter, 1.0)], tokens)}
+        shutil.rmtree(work, ignore_errors=True)
+        return rates
+
+    def section_adapter(self) -> Section:
+        t = self.inputs()
+        s = Section("adapter", f"Adapter: the chat vector as a GGUF LoRA adapter (rank {ADAPTER_RANK} and auto)")
+        s.columns = [("file (MB)", "mb"), ("vector energy kept", "energy_kept"), ("median rank", "rank_median")]
+        tools = self.adapter_tools()
+
+        def summary(tool: Tool, out: Path, run: harness.Run) -> dict:
+            metrics: dict = {"mb": round((out / "adapter.gguf").stat().st_size / MB, 2)}
+            if tool.name.startswith("cvlocal"):
+                js = json.loads(run.stdout)
+                metrics.update(energy_kept=round(js["energy_kept"], 4), rank_median=js["rank_median"])
+            return metrics
+
+        s.rows = self.measure("adapter", tools, [t.base, t.chat], on_run=summary)
+        cv, auto, chain = s.rows
+        s.relative_to = cv.tool
+        s.targets = [ratio_target("cvlocal extract at least 2x faster than the mergekit + convert_lora_to_gguf chain", chain, cv, at_least=2),
+                     memory_target(f"cvlocal extract --rank {ADAPTER_RANK} peak anonymous memory under 1.5 GB", cv, ADAPTER_ANON_TARGET),
+                     memory_target("cvlocal extract --rank auto peak anonymous memory under 1.5 GB", auto, ADAPTER_ANON_TARGET)]
+        adapter = self.folder("adapter", cv.tool) / "adapter.gguf"
+        if cv.ok and adapter.is_file():
+            self.log("adapter: generation rate, merged f16 GGUF against CP f16 + adapter")
+            rates = self.adapter_rates(adapter)
+            s.rows += [Row("chat: merged f16 GGUF", metrics={"gen_rate": round(rates["merged"], 1)}),
+                       Row(f"chat: CP f16 + rank-{ADAPTER_RANK} f16 adapter", metrics={"gen_rate": round(rates["adapter"], 1)})]
+            s.columns.append(("gen rate (tok/s)", "gen_rate"))
+            cost = 1 - rates["adapter"] / rates["merged"] if rates["merged"] else float("nan")
+            s.notes.append(f"Generation rate: greedy, {self.args.chat_tokens} tokens after a fixed prompt, tokens per second after the "
+                           f"first, one run each, in the benchmark's own process; the low-rank path costs {100 * cost:.1f}% of the "
+                           "merged model's rate.")
+        s.notes.append("Extraction rows: one fresh process each (`--outtype f16`), wall time and peak anonymous memory of the "
+                       "process (the chain: of its two steps, peak of the larger). The chain runs with `--embed-lora --skip-undecomposable`, "
+                       "so that it carries what cvlocal's adapter carries (token_embd as a pair, norms left out). The synthetic chat model is the base plus i.i.d. "
+                       "noise, a full-rank vector: the worst case for the energy a low rank keeps. Fidelity (KL / top-1 against "
+                       "the exact merge) is in ADAPTER.md (`benchmarks/adapter.py`).")
+        self.drop("adapter", tools)
         return s
 
 

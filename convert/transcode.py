@@ -7,6 +7,7 @@ Tensors are read through a memory map, one at a time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,8 +34,13 @@ def _float_tensor(src: GGUFFile, name: str) -> torch.Tensor:
     raise ConvertError(f"tensor {name!r} is {t.ggml_type.name}; only f32/f16/bf16 files can be re-encoded", src.path, "Start from an f16, bf16 or f32 GGUF.")
 
 
-def transcode(inp: Path, out: Path, out_type: OutType, on_progress: Progress | None = None, threads: int | None = None) -> None:
-    """Re-encode a float GGUF into a direct type, keeping its metadata (file type updated)."""
+def transcode(inp: Path, out: Path, out_type: OutType, on_progress: Progress | None = None, threads: int | None = None,
+              adjust: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Re-encode a float GGUF into a direct type, keeping its metadata (file type updated).
+
+    ``adjust(name, values)`` may replace a tensor's values (same shape) before encoding: how a
+    merge is applied to a model that exists only as a float GGUF.
+    """
     if out_type.ggml_type is None:
         raise ValueError(f"{out_type.name} is not a direct type")
     with read_gguf(inp) as src:
@@ -50,7 +56,11 @@ def transcode(inp: Path, out: Path, out_type: OutType, on_progress: Progress | N
                 writer.add_tensor(t.name, t.shape, types[t.name])
             writer.write_header()
             for t in src.tensors:
-                writer.write_tensor(t.name, encode(_float_tensor(src, t.name), types[t.name], threads))
+                values = _float_tensor(src, t.name)
+                if adjust is not None:
+                    values = adjust(t.name, values)
+                writer.write_tensor(t.name, encode(values, types[t.name], threads))
+                del values  # a view of the memory map: the map cannot close while it lives
                 if on_progress is not None:
                     on_progress(t.name, t.nbytes)
             writer.close()

@@ -329,3 +329,65 @@ def test_eval_model_spec_with_adapter(llama2_setup, tmp_path):
     assert caches["cp_full_0"] == caches["cp"] != caches["cp_full_1"]
     bad = _cli("eval", f"{s['cp']}+{tmp_path / 'none.gguf'}@0.5", "--out", str(tmp_path / "e2"), "--quiet")
     assert bad.returncode == 2 and "none.gguf" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _gguf_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a GGUF through gguf-py's own reader (not ours)."""
+    from gguf import GGUFReader
+
+    return {t.name: np.array(t.data) for t in GGUFReader(path).tensors}
+
+
+@pytest.mark.parametrize("chat_kind", ["norm-free", "with norms"])
+def test_merge_from_cp_gguf_equals_hf_merge(llama2_setup, chat_kind):
+    """CP.gguf + r v in the GGUF's layout is the very file ``cvlocal merge`` writes from the CP folder."""
+    from cvlocal.vector.gguf_merge import merge_gguf
+    from cvlocal.vector.merge import merge_models
+
+    s = llama2_setup
+    chat = s["chat"] if chat_kind == "norm-free" else s["family"].chat
+    for r in (1.0, 0.5):
+        name = f"{chat_kind.replace(' ', '-')}-{r}"
+        reference = s["merges"][r] if chat_kind == "norm-free" else Path(merge_models(
+            s["family"].cp, s["root"] / f"hf-{name}.gguf", base=s["family"].base, chat=chat, ratio=r, special_tokens="none",
+            dtype="float32", outtype="f32", quiet=True)["files"][0])
+        mine = _gguf_tensors(merge_gguf(s["cp"], s["root"] / f"gguf-{name}.gguf", s["family"].base, chat, r))
+        expected = _gguf_tensors(reference)
+        assert mine.keys() == expected.keys()
+        for t in expected:
+            assert mine[t].dtype == np.float32 and np.array_equal(mine[t], expected[t]), (r, t)
+        moved = _gguf_tensors(s["cp"])
+        assert not np.array_equal(moved["blk.0.attn_q.weight"], mine["blk.0.attn_q.weight"])
+
+
+def test_check_with_cp_gguf_gives_the_hf_folder_numbers(llama2_setup):
+    """--check CP.gguf measures the same KL / top-1 as --check CP_DIR; an f16 CP GGUF is accepted too."""
+    from convert import write_gguf
+    from cvlocal.vector.lora_check import check_adapter
+    from cvlocal.vector.lora_extract import extract_lora
+
+    s = llama2_setup
+    low = s["root"] / "check-r2.gguf"
+    extract_lora(s["family"].base, s["chat"], low, rank=2, outtype="f32", quiet=True)
+    kw = dict(ratios=(1.0,), n_ctx=64, threads=2, quiet=True)
+    from_dir = check_adapter(s["family"].cp, s["family"].base, s["chat"], [low, s["full"]], **kw)
+    from_gguf = check_adapter(s["cp"], s["family"].base, s["chat"], [low, s["full"]], **kw)
+    a, b = from_dir["ratios"]["1"], from_gguf["ratios"]["1"]
+    assert a["cp"]["mean_kld"] > 1e-3
+    for x, y in zip([*a["adapters"], a["cp"]], [*b["adapters"], b["cp"]]):
+        assert y["mean_kld"] == pytest.approx(x["mean_kld"], rel=1e-4, abs=1e-7) and y["top1"] == x["top1"], (x, y)
+    half = write_gguf(s["family"].cp, s["root"] / "cp-f16.gguf", "f16")
+    from_f16 = check_adapter(half, s["family"].base, s["chat"], [s["full"]], **kw)["ratios"]["1"]
+    assert from_f16["adapter"]["mean_kld"] < 1e-5 < from_f16["cp"]["mean_kld"]
+
+
+def test_check_refuses_a_quantized_cp_gguf(llama2_setup, tmp_path):
+    from convert import write_gguf
+
+    s = llama2_setup
+    quantized = write_gguf(s["family"].cp, s["root"] / "cp-q8.gguf", "q8_0")
+    out = tmp_path / "x.gguf"
+    result = _cli("extract", s["family"].base, s["chat"], "-o", out, "--rank", "2", "--check", quantized, "--quiet")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "quantized" in result.stderr and str(quantized) in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     lora.add_argument("--rank", default=None, help="R, full or auto: rank of each tensor's truncated SVD (default 64)")
     lora.add_argument("--energy", type=float, default=None, help="with --rank auto: fraction of each tensor's squared norm to keep (default 0.9)")
     lora.add_argument("--outtype", default="f16", help="f32|f16|bf16|q8_0: type of the adapter's tensors (default f16)")
-    lora.add_argument("--check", type=Path, default=None, metavar="CP", help="measure KL / top-1 of CP+adapter against the exact merge on the held-out text")
+    lora.add_argument("--check", type=Path, default=None, metavar="CP_DIR_OR_GGUF", help="measure KL / top-1 of CP+adapter against the exact merge on the held-out text (CP as HF folder or f32/f16/bf16 GGUF)")
     p.set_defaults(func=run)
 
 
@@ -53,6 +53,10 @@ def _run_lora(args: argparse.Namespace) -> int:
     from cvlocal.vector.lora_extract import extract_lora, parse_rank
 
     parse_rank(args.rank or 64, args.energy)  # refuse bad --rank / --energy before --check's work
+    if args.check is not None:
+        from cvlocal.vector.lora_check import check_cp
+
+        check_cp(args.check, args.base, args.chat)  # and a bad --check before the adapter is written
     quiet = args.quiet or args.json
     summary = extract_lora(args.base, args.chat, args.output, rank=args.rank or 64, energy=args.energy, outtype=args.outtype,
                            device=args.device, force=args.force, quiet=quiet)

@@ -6,7 +6,8 @@ llama-perplexity's KL divergence and top-1 agreement, second half of each window
 held-out text in five languages:
 
 - the reference is the exact merge ``CP + r (chat - base)`` written by ``cvlocal merge`` as an
-  f32 GGUF (``--special-tokens none``: the pure arithmetic the adapter stands for);
+  f32 GGUF (``--special-tokens none``: the pure arithmetic the adapter stands for); a CP given
+  as an f32/f16/bf16 GGUF gets the same sum in the GGUF's own layout (``gguf_merge``);
 - "adapter" is the CP model as an f32 GGUF with the adapter at scale r, through llama.cpp;
 - "CP alone" is the same model with the adapter at scale 0, the yardstick of how far the
   vector moves the model at all.
@@ -37,6 +38,23 @@ def scoring_settings(n_ctx: int, threads: int | None) -> dict[str, Any]:
                 type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, seed=0, verbose=False)
 
 
+def check_cp(cp: Path, base: Path, chat: Path) -> bool:
+    """Refuse (one line) a --check CP that is neither an HF folder nor a float GGUF; True for a GGUF.
+
+    Called before the adapter is written, so a bad --check leaves nothing behind.
+    """
+    from cvlocal.vector.gguf_merge import check_float_cp, is_gguf, target_architecture
+
+    cp = Path(cp)
+    from_gguf = is_gguf(cp)
+    if not cp.is_dir() and not from_gguf:
+        raise UsageError("--check needs the CP model's HF folder or its f32/f16/bf16 GGUF", cp,
+                         "Pass the continually-pretrained model's folder or float GGUF.")
+    if from_gguf:
+        check_float_cp(cp, target_architecture(Path(base), Path(chat)))
+    return from_gguf
+
+
 def check_adapter(
     cp: Path,
     base: Path,
@@ -56,12 +74,13 @@ def check_adapter(
     ``result["ratios"][r]["adapters"][i]`` is the i-th adapter's; ``["adapter"]`` the first's.
     """
     from convert import write_gguf
+    from convert.quant_tables import outtype
+    from convert.transcode import transcode
+    from cvlocal.vector.gguf_merge import merge_gguf
     from cvlocal.vector.merge import merge_models
 
     cp = Path(cp)
-    if not cp.is_dir():
-        raise UsageError("--check needs the CP model's folder (the exact merge is computed from its weights)", cp,
-                         "Pass the HF folder of the continually-pretrained model.")
+    from_gguf = check_cp(cp, base, chat)
     paths = [Path(adapter)] if isinstance(adapter, (str, Path)) else [Path(a) for a in adapter]
     texts = load_heldout(heldout)
     results: dict[str, Any] = {"n_ctx": n_ctx, "ratios": {}}
@@ -69,7 +88,11 @@ def check_adapter(
         work = Path(side)
         with item_progress(quiet) as progress:
             task = progress.add_task("check adapter", total=1 + (2 + len(paths)) * len(ratios), detail="CP -> f32 GGUF")
-            cp_gguf = write_gguf(cp, work / "cp-f32.gguf", "f32")
+            cp_gguf = work / "cp-f32.gguf"
+            if from_gguf:
+                transcode(cp, cp_gguf, outtype("f32"))
+            else:
+                write_gguf(cp, cp_gguf, "f32")
             progress.update(task, advance=1)
             llm, adapters = open_model(cp_gguf, [AdapterSpec(p, 0.0) for p in paths], **scoring_settings(n_ctx, threads))
             try:
@@ -80,8 +103,11 @@ def check_adapter(
                 results["languages"] = sorted(set(windows.languages))
                 for r in ratios:
                     progress.update(task, detail=f"exact merge at {r:g}")
-                    merged = merge_models(cp, work / f"merge-{r:g}.gguf", base=base, chat=chat, ratio=r, special_tokens="none",
-                                          dtype="float32", outtype="f32", quiet=True)["files"][0]
+                    if from_gguf:
+                        merged = merge_gguf(cp, work / f"merge-{r:g}.gguf", base, chat, r)
+                    else:
+                        merged = merge_models(cp, work / f"merge-{r:g}.gguf", base=base, chat=chat, ratio=r, special_tokens="none",
+                                              dtype="float32", outtype="f32", quiet=True)["files"][0]
                     ref_llm, _ = open_model(merged, (), **scoring_settings(n_ctx, threads))
                     try:
                         reference = reference_pass(ref_llm, windows, work / f"ref-{r:g}.npy")
