@@ -712,6 +712,31 @@ class Bench:
 
 
     # -- importance matrix parity with llama.cpp's tools -----------------------------------------
+    def _imatrix_rates(self, s: Section, fig: dict) -> None:
+        """Rows: tokens/s of cvlocal imatrix and llama-imatrix, on the tiny parity GGUF and on the size's chat model."""
+        from benchmarks import imatrix_parity
+
+        sizes = [("tiny parity model", fig["rates"])]
+        if self.size != "tiny":  # big enough that per-call overheads do not dominate
+            work = self.fresh("imatrix", "rate")
+            f32 = work / "chat-f32.gguf"
+            try:
+                imatrix_parity.run([sys.executable, "-m", "cvlocal", "convert", str(self.inputs().chat), "-o", str(f32),
+                                    "--outtype", "f32", "--quiet"], work / "convert.log")
+                sizes.append((f"{self.size} chat model", imatrix_parity.measure_rates(
+                    f32, imatrix_parity.DEFAULT_TEXT, ctx=128, chunks=8, threads=self.threads, work=work)))
+            except imatrix_parity.ToolFailed as err:
+                s.rows.append(Row(f"imatrix rate ({self.size})", "not available", str(err)))
+        for label, rates in sizes:
+            row = Row(f"imatrix rate, {label}: cvlocal imatrix vs llama-imatrix")
+            row.metrics = {"result": imatrix_parity.rate_line(rates)}
+            row.runs = [rates]
+            s.rows.append(row)
+        s.notes.append("Rates: each tool's own computation figure (start-up and model load excluded); cvlocal on the "
+                       "GGUF through transformers' loader, torch on CPU; llama-imatrix with the flags above. On the tiny "
+                       "model (2 layers, hidden 256) per-call overheads dominate; the larger size (--ctx 128, 8 chunks) is "
+                       "the fairer figure.")
+
     def section_imatrix(self) -> Section:
         """Issue 18: our matrix against llama-imatrix's, our quantized files against llama-quantize's."""
         from benchmarks import imatrix_parity, llama_tools
@@ -745,6 +770,7 @@ class Bench:
             row.runs = [r]
             s.rows.append(row)
             s.targets.append(Target(goal, verdict, r["tensors_identical"]))
+        self._imatrix_rates(s, fig)
         s.notes.append(f"Tiny tests/factory.py `{fig['kind']}` model (hidden 256), f32 GGUF, text `{fig['text']}` "
                        f"({fig['tokens']} tokens), --ctx {fig['ctx']} --chunks {fig['chunks']}; llama-imatrix with "
                        f"`{' '.join(imatrix_parity.LLAMA_IMATRIX_FLAGS)}` (why: benchmarks/imatrix_parity.py).")
