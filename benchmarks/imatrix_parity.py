@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,7 @@ def measure(work: Path, *, kind: str = "llama2", ctx: int = 64, chunks: int = 8,
     t_theirs = run([str(tools["llama-imatrix"]), "-m", str(f32), "-f", str(text), "-c", str(ctx),
                     "--chunks", str(chunks), "-o", str(theirs), *LLAMA_IMATRIX_FLAGS, "-t", str(threads)],
                    work / "imatrix-llama.log")
+    rates = measure_rates(f32, text, ctx=ctx, chunks=chunks, threads=threads, work=work)
     quant = {}
     for qtype, ftype in QTYPES.items():
         a, b = work / f"cvlocal-{qtype}.gguf", work / f"llama-{qtype}.gguf"
@@ -166,7 +168,58 @@ def measure(work: Path, *, kind: str = "llama2", ctx: int = 64, chunks: int = 8,
         quant[qtype] = compare_gguf(a, b)
     return {"kind": kind, "ctx": ctx, "chunks": chunks, "threads": threads, "text": _display(text),
             "tokens": n_tokens, "tokens_agree": same_prefix, "matrices": compare_matrices(ours, theirs),
-            "quantize": quant, "seconds": {"cvlocal imatrix": t_ours, "llama-imatrix": t_theirs}}
+            "quantize": quant, "seconds": {"cvlocal imatrix": t_ours, "llama-imatrix": t_theirs}, "rates": rates}
+
+
+# llama-imatrix's log lines (timestamps minutes.seconds.ms.us) around its first pass: that pass evaluates
+# n_seq = n_batch / n_ctx windows at once, so with chunks * ctx <= n_batch (2048) it is all of the work
+_LLAMA_START = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) I compute_imatrix: computing over (\d+) chunks, n_ctx=(\d+)", re.M)
+_LLAMA_PASS = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) I compute_imatrix: [\d.]+ seconds per pass", re.M)
+LLAMA_BATCH = 2048
+
+
+def _stamp(m: re.Match) -> float:
+    minutes, seconds, ms, us = (int(g) for g in m.groups()[:4])
+    return minutes * 60 + seconds + ms / 1e3 + us / 1e6
+
+
+def measure_rates(gguf_path: Path, text: Path, *, ctx: int, chunks: int, threads: int, work: Path) -> dict:
+    """Computation rate (tokens/s, model load excluded) of both tools on the same GGUF and text.
+
+    cvlocal's is the figure ``cvlocal imatrix --json`` reports (the forward passes with hooks), on
+    the GGUF itself (transformers' GGUF loader); llama-imatrix's is the wall time of its one
+    pass (the log's timestamps around it; llama.cpp prints no perf line for this tool).
+    Both exclude start-up and model load.
+    """
+    if chunks * ctx > LLAMA_BATCH:
+        raise ToolFailed(f"--chunks {chunks} x --ctx {ctx} is more than one llama-imatrix pass ({LLAMA_BATCH} tokens)")
+    tools = llama_tools.build()
+    llama_log = work / "rate-llama-imatrix.log"
+    run([str(tools["llama-imatrix"]), "-m", str(gguf_path), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks),
+         "-o", str(work / "rate-llama-imatrix.gguf"), *LLAMA_IMATRIX_FLAGS, "-t", str(threads)], llama_log)
+    log = work / "rate-cvlocal-imatrix.log"
+    out = work / "rate-cvlocal-imatrix.gguf"
+    run([sys.executable, "-m", "cvlocal", "imatrix", str(gguf_path), "-o", str(out), "--text", str(text),
+         "--ctx", str(ctx), "--chunks", str(chunks), "--device", "cpu", "--json"], log)
+    printed = "\n" + log.read_text(encoding="utf-8")  # stdout (the JSON) and stderr (any warning) together
+    ours = json.loads(printed[printed.index("\n{\n") + 1:])
+    logged = llama_log.read_text(encoding="utf-8", errors="replace")
+    start, done = _LLAMA_START.search(logged), _LLAMA_PASS.search(logged)
+    if not (start and done):
+        raise ToolFailed(f"no 'computing over' / 'seconds per pass' lines in {llama_log}")
+    tokens, seconds = int(start.group(5)) * int(start.group(6)), _stamp(done) - _stamp(start)
+    theirs = {"tokens": tokens, "seconds": round(seconds, 4), "tokens_per_second": round(tokens / seconds, 1)}
+    return {"cvlocal imatrix": {"tokens": ours["tokens"], "seconds": ours["seconds"], "tokens_per_second": ours["tokens_per_second"]},
+            "llama-imatrix": theirs, "ratio": ours["tokens_per_second"] / theirs["tokens_per_second"]}
+
+
+def rate_line(fig: dict) -> str:
+    """One sentence: both computation rates and their ratio."""
+    r = fig["rates"] if "rates" in fig else fig
+    a, b = r["cvlocal imatrix"], r["llama-imatrix"]
+    return (f"computation rate on the same f32 GGUF and text (model load excluded): cvlocal imatrix "
+            f"{a['tokens_per_second']:,.0f} tokens/s ({a['tokens']} tokens), llama-imatrix {b['tokens_per_second']:,.0f} "
+            f"tokens/s ({b['tokens']} tokens), ratio {r['ratio']:.2f}x")
 
 
 def summary(fig: dict) -> dict:
@@ -203,7 +256,7 @@ def report(fig: dict) -> str:
         f"{s['median_rel_max']:.2e}, largest relative error {s['max_rel_max']:.2e}; counts equal in {s['counts_equal']}/{s['compared']}"
         + (f"; missing: {', '.join(s['missing'])}" if s["missing"] else "")
         + f". Whole commands (model load included): cvlocal imatrix {fig['seconds']['cvlocal imatrix']:.1f} s, "
-        f"llama-imatrix {fig['seconds']['llama-imatrix']:.1f} s.",
+        f"llama-imatrix {fig['seconds']['llama-imatrix']:.1f} s; {rate_line(fig)}.",
         "",
         "| tensor | Pearson | median rel. err. | max rel. err. | counts cvlocal | counts llama-imatrix |",
         "|---|---|---|---|---|---|",

@@ -213,3 +213,29 @@ def test_bad_calibration_input_is_one_line(tiny_family, tmp_path):
         assert_one_line_error(proc, *needles)
         assert not leftovers(tmp_path, out.name), label
 
+
+
+def test_gguf_model_gives_the_matrix_of_its_hf_folder(computed, tiny_gguf, tmp_path):
+    """A GGUF MODEL (transformers' GGUF loader): f32 gives the HF folder's matrix; q8_0 is handled too.
+
+    Truth for f32: the folder's own matrix, itself checked against the definition above. A q8_0 file
+    is de-quantized, so its activations (and matrix) differ slightly: close, not equal. The run is
+    silent under --quiet (transformers' loader draws its own tqdm bar, which must not leak).
+    """
+    _, text, result = computed
+    f32 = tiny_gguf("llama2", "f32")
+    q8 = tmp_path / "chat-q8_0.gguf"
+    cli("quantize", f32, "-o", q8, "--type", "q8_0", "--quiet")
+    for source, exact in ((f32, True), (q8, False)):
+        out = tmp_path / f"{source.stem}.imatrix.gguf"
+        proc = cli("imatrix", source, "--text", text, "--ctx", CTX, "--chunks", CHUNKS, "-o", out, "--quiet")
+        assert proc.stderr == "", proc.stderr
+        got = read_imatrix(out)
+        assert sorted(got.sums) == sorted(result.matrix.sums)
+        for name, want in result.matrix.sums.items():
+            g, w = got.sums[name].reshape(-1).astype(np.float64), want.reshape(-1).astype(np.float64)
+            if exact:
+                np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6, err_msg=name)
+            else:  # q8_0 weights: same channels weigh most, within a few percent
+                assert np.corrcoef(g, w)[0, 1] > 0.99 and np.median(np.abs(g - w) / w) < 0.05, name
+            assert got.counts[name].tolist() == [CHUNKS * CTX]

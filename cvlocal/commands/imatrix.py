@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
             "languages the tokenizer was built for). Windows are cut as llama-imatrix cuts them."
         ),
     )
-    p.add_argument("model", type=Path, help="an HF model folder (or a float GGUF, loaded through transformers)")
+    p.add_argument("model", type=Path, help="an HF model folder or a GGUF (loaded and de-quantized through transformers)")
     p.add_argument("-o", "--output", type=Path, required=True, help="the imatrix file to write (imatrix.gguf)")
     p.add_argument("--text", type=Path, action="append", default=[], metavar="FILE", help="calibration text (UTF-8); repeatable, each file tokenized on its own")
     p.add_argument("--lang", default="auto", help="held-out languages when no --text: zh-Hant,en,... or auto (default)")

@@ -20,6 +20,8 @@ table) to a ``blk.N.*`` GGUF tensor: ``q_proj``/``k_proj``/``v_proj`` the attent
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -136,7 +138,7 @@ def _source(model_path: Path) -> tuple[Path, dict]:
     kwargs: dict = {"local_files_only": True, "trust_remote_code": False}
     if model_path.is_file():
         if model_path.suffix.lower() != ".gguf":
-            raise UsageError("not a model folder or a .gguf file", model_path, "Pass an HF model folder or a float GGUF.")
+            raise UsageError("not a model folder or a .gguf file", model_path, "Pass an HF model folder or a GGUF file.")
         return model_path.parent, {**kwargs, "gguf_file": model_path.name}
     if model_path.is_dir():
         if not (model_path / "config.json").is_file():
@@ -147,7 +149,7 @@ def _source(model_path: Path) -> tuple[Path, dict]:
 
 def _cannot_load(model_path: Path, err: Exception) -> UsageError:
     return UsageError(f"transformers cannot load the model ({' '.join(str(err).split())[:160]})", model_path,
-                      "Pass an HF folder of a Llama, Mistral, Qwen2 or Qwen3 model (or an f16/bf16/f32 GGUF).")
+                      "Pass an HF folder of a Llama, Mistral, Qwen2 or Qwen3 model (or a GGUF of one).")
 
 
 def load_tokenizer(model_path: Path):
@@ -169,8 +171,11 @@ def load_model(model_path: Path, device: torch.device, dtype: torch.dtype):
     folder, kwargs = _source(model_path)
     hf_logging.disable_progress_bar()  # our own bar reports the work; theirs would break the one-line rule
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
-    except (OSError, ValueError, KeyError) as err:
+        # transformers' GGUF loader draws a plain tqdm bar that disable_progress_bar() does not reach;
+        # it de-quantizes (q8_0, k-quants, ...) to ``dtype`` through gguf-py, so any GGUF it reads works
+        with contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in kwargs else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError, NotImplementedError) as err:
         raise _cannot_load(model_path, err) from None
     return model.to(device).eval()
 
