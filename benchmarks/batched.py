@@ -214,6 +214,7 @@ def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
             "aggregate_chunks_per_second": round(sum(r[2] for r in results) / wall, 1),
             "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95), "latency_p50": pct(latency, 0.5),
             "latency_p95": pct(latency, 0.95), "failed": len(failed),
+            "ttft_max": round(max(ttft), 3) if ttft else None, "latency_min": round(min(latency), 3) if latency else None,
             "ttft_median_all": round(statistics.median(ttft), 3) if ttft else None}
 
 

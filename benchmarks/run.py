@@ -15,6 +15,9 @@ each run. Sections (``--only``):
 * ``chat``: generation rate of ``cvlocal chat --script`` against a bare llama-cpp-python loop, and
   time to first token at turn 1 and turn 10.
 * ``eval``: items per minute of each ``cvlocal eval`` suite (``--limit``).
+* ``batched``: ``cvlocal eval --parallel 8`` against ``--parallel 1`` and a bare llama-cpp-python loop
+  (items per minute, generated tokens/s, identical greedy replies) at q8_0 and q4_k_m, and ``cvlocal serve
+  --parallel 8`` against llama-cpp-python's own server with 8 concurrent streaming clients (``batched.py``).
 * ``release``: ``cvlocal release --types q4_k_m,q8_0`` against llama.cpp convert + two quantize runs.
 * ``imatrix``: ``cvlocal imatrix`` against llama.cpp's own ``llama-imatrix`` (Pearson and median
   relative error per matrix), and ``cvlocal quantize --imatrix`` against ``llama-quantize --imatrix``
@@ -55,13 +58,14 @@ if str(ROOT) not in sys.path:
 from benchmarks import compare, harness, synthetic  # noqa: E402
 from benchmarks.peers import Peers, Unavailable  # noqa: E402
 
-SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "release", "imatrix", "adapter", "imatrix_kl")
+SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "batched", "release", "imatrix", "adapter", "imatrix_kl")
 UNTIMED = ("equality", "imatrix", "imatrix_kl")  # sections of comparisons, not of timings
 MB = 1e6
 GB = 1e9
 ANON_TARGET = 1 * GB
 ADAPTER_ANON_TARGET = 1.5 * GB
 ADAPTER_RANK = 64
+BATCHED_TYPES = ("q8_0", "q4_k_m")
 EVAL_SUITES = ("toxicity", "safety", "instructions", "dialogue")
 CHAT_TURNS = (
     "Tell me about the weather today.",
@@ -602,6 +606,67 @@ class Bench:
                        "to the suite's max_tokens: a real model is faster per item.")
         return s
 
+    # -- batched decoding (issue 14) -----------------------------------------------------------
+    def section_batched(self) -> Section:
+        """Issue 14: eval --parallel N against --parallel 1 and a bare loop; serve --parallel N against llama-cpp-python's server."""
+        from benchmarks import batched
+        from cvlocal.evaluation.generate import GenerationSettings
+        from cvlocal.evaluation.suites import SUITES_DIR, load_suites
+
+        n = self.args.batched_parallel
+        s = Section("batched", f"Batched decoding: eval and serve with {n} sequences at once")
+        s.relative_to = None
+        s.columns = [("items / minute", "items_per_minute"), ("generated tok/s", "tokens_per_second"),
+                     ("identical to parallel 1", "identical"), ("chunks/s", "chunks_per_second"),
+                     ("TTFT p50 / p95 (s)", "ttft"), ("latency p50 / p95 (s)", "latency"), ("failed", "failed")]
+        limit, tokens = self.args.eval_limit, self.args.chat_tokens
+        suites = load_suites(list(EVAL_SUITES), ["en", "zh-Hant"], SUITES_DIR, limit)
+        items = [i for su in EVAL_SUITES for i in suites[su]]
+        settings = GenerationSettings.create(samples=2, max_tokens=tokens, seed=0, ctx=2048)
+        for outtype in BATCHED_TYPES:
+            self.log(f"batched: eval --parallel {n} / 1 / bare llama-cpp-python at {outtype}")
+            fig = batched.bench_type(batched.build_gguf(self.size, outtype, self.cache), items, settings, n, self.threads)
+            g = fig["identical_greedy"]
+            for name, r in fig["rows"].items():
+                row = Row(f"{outtype}: eval {name}", seconds=r["seconds"], runs=[{"seconds": r["seconds"]}])
+                row.metrics = {"items_per_minute": r["items_per_minute"], "tokens_per_second": r["tokens_per_second"]}
+                if name == f"parallel {n}":
+                    row.metrics["identical"] = f"greedy {g['same']}/{g['outputs']}"
+                s.rows.append(row)
+            speedup = fig["speedup_vs_parallel_1"]
+            if outtype == "q8_0":
+                s.targets.append(Target(f"q8_0: eval --parallel {n} at least 1.5x faster than --parallel 1", f"{speedup:.2f}x",
+                                        speedup >= 1.5))
+            s.notes.append(f"{outtype}: eval --parallel {n} is {speedup:.2f}x --parallel 1 and {fig['speedup_vs_bare']:.2f}x the bare "
+                           f"loop; greedy replies identical to --parallel 1: {g['same']}/{g['outputs']}, seeded toxicity samples "
+                           f"{fig['identical_sampled']['same']}/{fig['identical_sampled']['outputs']}.")
+        serve_type = BATCHED_TYPES[0]
+        self.log(f"batched: serve --parallel {n} against llama-cpp-python's server at {serve_type}")
+        served = batched.bench_serve(batched.build_gguf(self.size, serve_type, self.cache), n, self.threads, 2048, tokens)
+        for name, r in served.items():
+            row = Row(f"{serve_type}: {name}", seconds=r["wall_seconds"], runs=[{"seconds": r["wall_seconds"]}])
+            row.metrics = {"chunks_per_second": r["aggregate_chunks_per_second"], "failed": r["failed"],
+                           "ttft": f"{r['ttft_p50']} / {r['ttft_p95']}", "latency": f"{r['latency_p50']} / {r['latency_p95']}"}
+            s.rows.append(row)
+        mine, theirs = served[f"cvlocal serve --parallel {n}"], served["llama-cpp-python server"]
+        agg = mine["aggregate_chunks_per_second"] / theirs["aggregate_chunks_per_second"] if theirs["aggregate_chunks_per_second"] else 0.0
+        s.targets.append(Target(f"cvlocal serve --parallel {n}: aggregate throughput at least 2x llama-cpp-python's server",
+                                f"{agg:.2f}x", agg >= 2))
+        s.targets.append(Target(f"cvlocal serve --parallel {n}: no failed request", f"{mine['failed']} failed", mine["failed"] == 0))
+        s.targets.append(Target(f"cvlocal serve --parallel {n}: no stream waits for another request to finish before its first token "
+                                "(latest first token before the earliest finished request)",
+                                f"latest TTFT {mine['ttft_max']} s, earliest finish {mine['latency_min']} s",
+                                mine["failed"] == 0 and mine["ttft_max"] < mine["latency_min"]))
+        s.notes.append(f"Synthetic chat model `{self.size}` (random weights: every reply runs to its limit), cvlocal's own converter; "
+                       f"{len(items)} eval items (`--limit {limit}`, en and zh-Hant, the four suites, 2 toxicity samples), at most "
+                       f"{tokens} tokens per reply, {self.threads} threads, context 2048, all in one process one after the other, "
+                       "model load excluded; one run each. Server: "
+                       f"{len(batched.SERVE_QUESTIONS)} concurrent streaming `openai` clients, greedy, {tokens} tokens, aggregate "
+                       "streamed chunks per second (about one per token); llama-cpp-python's server with `--interrupt_requests False` "
+                       "(it serves one request at a time). One run on a shared machine (load average above): the ratios "
+                       "within a type, measured minutes apart, are the figures; the absolute rates move with the load.")
+        return s
+
     # -- release ----------------------------------------------------------------------------
     def section_release(self) -> Section:
         t = self.inputs()
@@ -991,6 +1056,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before one command is killed")
     p.add_argument("--chat-tokens", type=int, default=64, help="longest reply per chat turn (default 64)")
     p.add_argument("--eval-limit", type=int, default=2, help="cvlocal eval --limit: items per suite and language (default 2)")
+    p.add_argument("--batched-parallel", type=int, default=8, help="sequences at once in the batched section (default 8)")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
