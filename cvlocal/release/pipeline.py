@@ -25,13 +25,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from convert.atomic import atomic_output, check_output_path, remove_path, remove_stale_partials
+from convert.atomic import atomic_output, check_output_path, partial_path, remove_path, remove_stale_partials
 from convert.gguf_constants import Keys
 from convert.quant_tables import OutType
 from cvlocal.errors import UsageError, WorkError
@@ -338,7 +337,7 @@ class Release:
         try:
             scoring.verify(llm)
             size_bytes, n_params = scoring.model_size_info(llm)
-            store = self.out / f".reference-probs-{uuid.uuid4().hex[:8]}.npy"
+            store = partial_path(self.out / "reference-probs.npy")  # owner PID in the name: see _remove_leftovers
             result = scoring.reference_pass(llm, windows, store, on_window=lambda: self.progress.advance("reference-pass"))
         except scoring.ModelLoadError as err:
             raise WorkError(f"the reference {ref_path.name} does not load: {_one_line(err)}") from err
@@ -483,9 +482,11 @@ class Release:
 
 # ---- helpers --------------------------------------------------------------------------------------
 def _remove_leftovers(out: Path) -> None:
-    """Temporary files of a run that was killed outright (SIGKILL, power loss) in this release folder."""
-    for path in out.glob(".reference-probs-*.npy"):
-        remove_path(path)
+    """Temporary files of a run that was killed outright (SIGKILL, power loss) in this release folder.
+
+    The reference's probability store is a partial too, so another release still writing into the
+    same folder keeps its own.
+    """
     remove_stale_partials(out)  # only those whose process is gone: another run may be writing its own
 
 
