@@ -30,6 +30,10 @@ each run. Sections (``--only``):
 * ``adapter``: ``cvlocal extract BASE CHAT -o x.gguf`` (the chat vector as a GGUF LoRA adapter) at rank 64
   and ``auto`` against mergekit's ``mergekit-extract-lora`` + llama.cpp's ``convert_lora_to_gguf.py``,
   and the generation rate of CP + adapter against the merged GGUF (both f16).
+* ``scaling``: how time and peak anonymous memory grow with the input (``scaling.py``): merge to an HF
+  folder, one-pass merge to an f16 GGUF and convert (f16) at the small, full (1.1B) and 8b-slice sizes
+  (``--scaling-sizes``; tiny and small for smoke sizes), one run each, with ``SCALING.md``/``.json`` and the
+  plot ``scaling.png``/``.svg`` beside the results.
 
 A section whose cvlocal command does not exist (yet) is reported as "not available"; a tool that
 fails is reported with its exit status and last error line; neither stops the run. Results go to
@@ -39,6 +43,7 @@ smaller smoke sizes (``--out`` overrides); sections not re-run are kept from the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -55,10 +60,11 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import compare, harness, synthetic  # noqa: E402
+from benchmarks import compare, harness, scaling, synthetic  # noqa: E402
 from benchmarks.peers import Peers, Unavailable  # noqa: E402
 
-SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "batched", "release", "imatrix", "adapter", "imatrix_kl")
+SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "batched", "release", "imatrix", "adapter", "imatrix_kl",
+            "scaling")
 UNTIMED = ("equality", "imatrix", "imatrix_kl")  # sections of comparisons, not of timings
 MB = 1e6
 GB = 1e9
@@ -842,6 +848,51 @@ class Bench:
         s.notes.append(table.read_text(encoding="utf-8").strip())
         return s
 
+    def results_dir(self) -> Path:
+        """Where RESULTS.md goes: benchmarks/ for the full size, the cache for the smoke sizes, or --out."""
+        return self.args.out or (HERE if self.size == "full" else self.cache / "results" / self.size)
+
+    def section_scaling(self) -> Section:
+        """Issue 15: time and peak anonymous memory against input bytes, per operation, at three sizes."""
+        s = Section("scaling", "Scaling: time and peak anonymous memory against input bytes (one run per point)")
+        s.relative_to = None
+        s.columns = [("input (GB)", "input_gb"), ("MB/s in", "mb_per_s"), ("load before", "load")]
+        sizes = self.args.scaling_sizes or (scaling.DEFAULT_SIZES if self.size == "full" else scaling.SMOKE_SIZES)
+        command = {"merge": "merge", "merge_gguf": "merge", "convert": "convert"}
+        ops = [op for op in scaling.OPS if self.has(command[op])]
+        points = scaling.measure_all(sizes, ops, self.cache, self.work / "scaling", python=self.python, threads=self.threads,
+                                     ratio=self.ratio, env=self.env, log=self.log, timeout=self.args.timeout)
+        for op in scaling.OPS:
+            if op not in ops:
+                s.rows.append(Row(op, "not available", f"`cvlocal {command[op]}` does not exist yet"))
+        for p in points:
+            row = Row(f"{p.op} {p.size}", p.status, p.reason, p.seconds, p.peak_rss, p.peak_anon)
+            row.metrics = {"input_gb": round(p.input_bytes / GB, 3), "load": p.load_before,
+                           "mb_per_s": p.input_bytes / p.seconds / MB if p.ok and p.seconds else None}
+            row.runs = [dataclasses.asdict(p)]
+            s.rows.append(row)
+        out = self.results_dir()  # the file keeps the points of sizes not measured this time
+        kept = scaling.merge_points(scaling.load(out / "SCALING.json"), points)
+        summary = scaling.summarize(points)
+        scaling.write(kept, out, harness.describe_machine(self.python) | {"threads": self.threads})
+        for op, e in summary.items():
+            label = scaling.OPS[op]
+            if e["linear"] is None:
+                s.targets.append(Target(f"{label}: time linear in input bytes", "not measured (fewer than 3 sizes)", None))
+            else:
+                steps = " then ".join(f"{x:.2f}" for x in e["marginal_seconds_per_gb"])
+                s.targets.append(Target(f"{label}: time linear in input bytes (marginal s/GB of the last step within "
+                                        f"{scaling.LINEAR_TOLERANCE}x of the previous)", f"{steps} s/GB", e["linear"]))
+            anon = e.get("largest_peak_anon")
+            s.targets.append(Target(f"{label}: peak anonymous memory under 1.5 GB at the largest size ({e['largest']})",
+                                    f"{anon / MB:,.0f} MB" if anon else "not measured", e["flat"]))
+            if e.get("fit"):
+                f = e["fit"]
+                s.notes.append(f"{label}: time = {f['startup_seconds']:.1f} s + {f['seconds_per_gb']:.2f} s/GB (R² {f['r2']:.4f}).")
+        s.notes.append("Sizes: " + "; ".join(scaling.shape_line(z) for z in sizes) + ".")
+        s.notes.append(f"Table, fits and plot: {out / 'SCALING.md'}, {out / 'scaling.png'}.")
+        return s
+
     def section_imatrix(self) -> Section:
         """Issue 18: our matrix against llama-imatrix's, our quantized files against llama-quantize's."""
         from benchmarks import imatrix_parity, llama_tools
@@ -1057,8 +1108,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chat-tokens", type=int, default=64, help="longest reply per chat turn (default 64)")
     p.add_argument("--eval-limit", type=int, default=2, help="cvlocal eval --limit: items per suite and language (default 2)")
     p.add_argument("--batched-parallel", type=int, default=8, help="sequences at once in the batched section (default 8)")
+    p.add_argument("--scaling-sizes", default=None, help="comma-separated sizes of the scaling section (default "
+                   f"{','.join(scaling.DEFAULT_SIZES)} at --size full, {','.join(scaling.SMOKE_SIZES)} otherwise)")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    args.scaling_sizes = [s.strip() for s in args.scaling_sizes.split(",") if s.strip()] if args.scaling_sizes else None
+    if args.scaling_sizes and any(s not in synthetic.SIZES for s in args.scaling_sizes):
+        p.error(f"--scaling-sizes: choose from {', '.join(synthetic.SIZES)}")
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -1094,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(bench.work, ignore_errors=True)
         if sections:
-            out_dir = args.out or (HERE if args.size == "full" else bench.cache / "results" / args.size)
+            out_dir = bench.results_dir()
             md, js = write_results(sections, bench, out_dir)
             bench.log(f"wrote {md} and {js}")
             print(md.read_text(encoding="utf-8"))

@@ -25,7 +25,13 @@ generated corpus of pseudo-words (Latin syllables, CJK characters, digits) with 
 words for 32000 merges; byte fallback, identity normalisation and split digits as Llama's. It
 trains in a few seconds and is shared by every size.
 
-Run ``python benchmarks/synthetic.py --size tiny|small|full`` to build (or find) a triple; it
+The ``8b-slice`` size has Llama-3-8B's tensor shapes and vocabulary (128,256 embedding rows) with
+the same 32000-piece tokenizer: converters give the rows past the tokenizer ``[PAD<id>]`` tokens
+(llama.cpp's and ours), so the GGUF holds a 128,256-entry vocabulary as Llama-3's does. It is for
+the scaling benchmark (``benchmarks/scaling.py``: how time and memory grow with the input), not
+for the peer sections.
+
+Run ``python benchmarks/synthetic.py --size tiny|small|full|8b-slice`` to build (or find) a triple; it
 prints the folders, the time taken and the peak memory of the generator.
 """
 from __future__ import annotations
@@ -55,6 +61,7 @@ from convert.safetensors_format import StreamingWriter  # noqa: E402
 
 GENERATOR_VERSION = 1
 VOCAB = 32000
+LLAMA3_VOCAB = 128256
 WEIGHT_STD = 0.02
 CHAT_SCALE = 0.1  # chat = base + N(0, CHAT_SCALE * WEIGHT_STD)
 CP_SCALE = 0.15  # cp = base + N(0, CP_SCALE * WEIGHT_STD)
@@ -94,6 +101,10 @@ SIZES: dict[str, Shape] = {
     "tiny": Shape(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=VOCAB, shard_bytes=16 * 10**6),
     "small": Shape(hidden=512, intermediate=1536, layers=4, heads=8, kv_heads=2, vocab=VOCAB, shard_bytes=64 * 10**6),
     "full": Shape(hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4, vocab=VOCAB, shard_bytes=10**9),
+    # Llama-3-8B's tensor shapes (its 128,256-token vocabulary too: the embedding and lm_head are the
+    # real 1.05 GB each in bf16) but 4 of its 32 layers: 1.9 B parameters, 3.85 GB per model, two shards.
+    "8b-slice": Shape(hidden=4096, intermediate=14336, layers=4, heads=32, kv_heads=8, vocab=LLAMA3_VOCAB,
+                      shard_bytes=2 * 10**9),
 }
 
 
