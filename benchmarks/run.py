@@ -856,7 +856,7 @@ class Bench:
         """Issue 15: time and peak anonymous memory against input bytes, per operation, at three sizes."""
         s = Section("scaling", "Scaling: time and peak anonymous memory against input bytes (one run per point)")
         s.relative_to = None
-        s.columns = [("input (GB)", "input_gb"), ("MB/s in", "mb_per_s"), ("load before", "load")]
+        s.columns = [("input (GB)", "input_gb"), ("CPU (s)", "cpu_seconds"), ("MB/s in", "mb_per_s"), ("load before", "load")]
         sizes = self.args.scaling_sizes or (scaling.DEFAULT_SIZES if self.size == "full" else scaling.SMOKE_SIZES)
         command = {"merge": "merge", "merge_gguf": "merge", "convert": "convert"}
         ops = [op for op in scaling.OPS if self.has(command[op])]
@@ -867,7 +867,7 @@ class Bench:
                 s.rows.append(Row(op, "not available", f"`cvlocal {command[op]}` does not exist yet"))
         for p in points:
             row = Row(f"{p.op} {p.size}", p.status, p.reason, p.seconds, p.peak_rss, p.peak_anon)
-            row.metrics = {"input_gb": round(p.input_bytes / GB, 3), "load": p.load_before,
+            row.metrics = {"input_gb": round(p.input_bytes / GB, 3), "load": p.load_before, "cpu_seconds": p.cpu_seconds,
                            "mb_per_s": p.input_bytes / p.seconds / MB if p.ok and p.seconds else None}
             row.runs = [dataclasses.asdict(p)]
             s.rows.append(row)
@@ -880,9 +880,10 @@ class Bench:
             if e["linear"] is None:
                 s.targets.append(Target(f"{label}: time linear in input bytes", "not measured (fewer than 3 sizes)", None))
             else:
-                steps = " then ".join(f"{x:.2f}" for x in e["marginal_seconds_per_gb"])
-                s.targets.append(Target(f"{label}: time linear in input bytes (marginal s/GB of the last step within "
-                                        f"{scaling.LINEAR_TOLERANCE}x of the previous)", f"{steps} s/GB", e["linear"]))
+                key = "marginal_cpu_seconds_per_gb" if e["linear_on"] == "CPU time" else "marginal_seconds_per_gb"
+                steps = " then ".join(f"{x:.2f}" for x in e[key])
+                s.targets.append(Target(f"{label}: time linear in input bytes ({e['linear_on']}: marginal s/GB of the last "
+                                        f"step within {scaling.LINEAR_TOLERANCE}x of the previous)", f"{steps} s/GB", e["linear"]))
             anon = e.get("largest_peak_anon")
             s.targets.append(Target(f"{label}: peak anonymous memory under 1.5 GB at the largest size ({e['largest']})",
                                     f"{anon / MB:,.0f} MB" if anon else "not measured", e["flat"]))
@@ -1095,7 +1096,7 @@ def write_results(sections: list[Section], bench: Bench, out_dir: Path) -> tuple
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="cvlocal against its peers, side by side (writes RESULTS.md and RESULTS.json).")
-    p.add_argument("--size", choices=list(synthetic.SIZES), default="full", help="synthetic model size (default full: the 1.1B shape)")
+    p.add_argument("--size", choices=[z for z in synthetic.SIZES if z not in scaling.ONLY_SCALING], default="full", help="synthetic model size (default full: the 1.1B shape)")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
     p.add_argument("--ratio", type=float, default=1.0, help="chat-vector ratio r (default 1.0)")

@@ -17,12 +17,14 @@ GB = 1e9
 SIZES = (("small", 0.26 * GB), ("full", 6.6 * GB), ("8b-slice", 11.5 * GB))
 
 
-def points(seconds, anon_mb: float = 700.0) -> list[scaling.Point]:
-    """One point per operation and size, time from ``seconds(input_gb)``."""
+def points(seconds, anon_mb: float = 700.0, cpu=None) -> list[scaling.Point]:
+    """One point per operation and size, wall time from ``seconds(input_gb)``, CPU time from ``cpu`` (default the same)."""
     out = []
+    cpu = cpu or seconds
     for op in scaling.OPS:
         for size, nbytes in SIZES:
             out.append(scaling.Point(op, size, int(nbytes), output_bytes=int(nbytes / 3), seconds=seconds(nbytes / GB),
+                                     cpu_seconds=cpu(nbytes / GB),
                                      peak_anon=int(anon_mb * 1e6), peak_rss=int(anon_mb * 2e6), load_before=1.0, load_after=1.2))
     return out
 
@@ -48,6 +50,13 @@ def test_a_line_is_linear_and_a_parabola_is_not() -> None:
         assert entry["marginal_seconds_per_gb"] == pytest.approx([3.0, 3.0])
     parabola = scaling.summarize(points(lambda gb: 2.0 + gb * gb))
     assert all(entry["linear"] is False for entry in parabola.values())
+    # wall time bent by the load of other jobs, CPU time linear: judged on CPU time
+    loaded = scaling.summarize(points(lambda gb: 2.0 + gb * gb, cpu=lambda gb: 1.0 + 2.0 * gb))
+    assert all(e["linear"] is True and e["linear_on"] == "CPU time" for e in loaded.values())
+    assert loaded["merge"]["cpu_fit"]["seconds_per_gb"] == pytest.approx(2.0)
+    no_cpu = points(lambda gb: 2.0 + gb * gb, cpu=lambda gb: 1.0 + 2.0 * gb)
+    no_cpu[0].cpu_seconds = None
+    assert scaling.summarize(no_cpu)["merge"]["linear"] is False  # falls back to wall time
 
 
 def test_memory_over_the_limit_at_the_largest_size_is_not_flat() -> None:
@@ -56,6 +65,12 @@ def test_memory_over_the_limit_at_the_largest_size_is_not_flat() -> None:
     pts[2].peak_anon = int(2.1e9)  # merge at 8b-slice
     summary = scaling.summarize(pts)
     assert summary["merge"]["flat"] is False and summary["merge"]["largest"] == "8b-slice"
+    assert summary["merge"]["memory_growth"] == pytest.approx(2.1e9 / 900e6)
+    assert summary["convert"]["memory_growth"] == pytest.approx(1.0) and summary["convert"]["memory_fit"]["mb_per_gb"] == pytest.approx(0)
+    grows = points(lambda gb: gb)
+    for p in grows:
+        p.peak_anon = int(300e6 + 50 * p.input_bytes / 1000)  # 50 MB per GB of input
+    assert scaling.summarize(grows)["merge"]["memory_fit"]["mb_per_gb"] == pytest.approx(50, rel=1e-6)
     assert summary["convert"]["flat"] is True
     one = scaling.summarize(pts[:1])  # one size: no verdicts
     assert one["merge"]["flat"] is None and one["merge"]["linear"] is None
