@@ -883,7 +883,8 @@ class Bench:
                 key = "marginal_cpu_seconds_per_gb" if e["linear_on"] == "CPU time" else "marginal_seconds_per_gb"
                 steps = " then ".join(f"{x:.2f}" for x in e[key])
                 s.targets.append(Target(f"{label}: time linear in input bytes ({e['linear_on']}: marginal s/GB of the last "
-                                        f"step within {scaling.LINEAR_TOLERANCE}x of the previous)", f"{steps} s/GB", e["linear"]))
+                                        f"step at most {scaling.LINEAR_TOLERANCE}x the previous)", f"{steps} s/GB ({e['growth']})",
+                                        e["linear"]))
             anon = e.get("largest_peak_anon")
             s.targets.append(Target(f"{label}: peak anonymous memory under 1.5 GB at the largest size ({e['largest']})",
                                     f"{anon / MB:,.0f} MB" if anon else "not measured", e["flat"]))

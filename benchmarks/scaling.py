@@ -23,8 +23,9 @@ figures move with the load.
 The fit is ordinary least squares, ``time = a + b * bytes``: ``a`` is the start-up (importing
 torch, reading configs), ``b`` the cost per byte. "Linear" is judged on the marginal cost
 between consecutive sizes, (t2 - t1) / (x2 - x1): for a linear cost it is the same at every
-step, so the largest step's must be within ``LINEAR_TOLERANCE`` of the one before; R^2 alone
-would be dominated by the largest point. "Flat" memory: the largest size's peak is under
+step, so the largest step's must be at most ``LINEAR_TOLERANCE`` times the one before (a cost per
+byte that falls with size, as when larger tensors cut the per-tensor overhead, is reported as
+sub-linear and passes); R^2 alone would be dominated by the largest point. "Flat" memory: the largest size's peak is under
 ``ANON_LIMIT``.
 
 ``python benchmarks/scaling.py`` runs the sizes and writes ``SCALING.md``, ``SCALING.json``,
@@ -56,7 +57,7 @@ from benchmarks import harness, synthetic  # noqa: E402
 MB = 1e6
 GB = 1e9
 ANON_LIMIT = 1.5 * GB
-LINEAR_TOLERANCE = 1.5  # largest step's marginal cost per byte at most 1.5x the previous step's (and at least 1/1.5x)
+LINEAR_TOLERANCE = 1.5  # largest step's marginal cost per byte at most 1.5x the previous step's
 DEFAULT_SIZES = ("small", "full", "8b-slice")
 SMOKE_SIZES = ("tiny", "small")
 ONLY_SCALING = ("8b-slice",)  # sizes for this benchmark only: the peer sections of run.py stay at 1.1B and below
@@ -153,7 +154,9 @@ def summarize(points: Sequence[Point], limit: float = ANON_LIMIT) -> dict[str, d
             if len(steps) >= 2 and steps[-2] > 0:
                 ratio = steps[-1] / steps[-2]
                 entry["marginal_ratio"] = ratio
-                entry["linear"] = 1 / LINEAR_TOLERANCE <= ratio <= LINEAR_TOLERANCE
+                entry["growth"] = ("super-linear" if ratio > LINEAR_TOLERANCE else
+                                   "sub-linear" if ratio < 1 / LINEAR_TOLERANCE else "linear")
+                entry["linear"] = ratio <= LINEAR_TOLERANCE  # a per-byte cost that falls is no worse than linear
         largest = pts[-1]
         entry["largest"] = largest.size
         entry["largest_peak_anon"] = largest.peak_anon
@@ -308,12 +311,13 @@ def render(points: Sequence[Point], summary: Mapping[str, dict], machine: Mappin
         lines.append("| " + " | ".join([
             OPS[op], fit_text(e.get("fit")), fit_text(e.get("cpu_fit")),
             f"{steps(e.get('marginal_seconds_per_gb'))} / {steps(e.get('marginal_cpu_seconds_per_gb'))}",
-            verdict[e["linear"]] + (f" ({e['linear_on']}: last step {e['marginal_ratio']:.2f}x the previous)" if "marginal_ratio" in e else ""),
+            verdict[e["linear"]] + (f" ({e['growth']}; {e['linear_on']}: last step {e['marginal_ratio']:.2f}x the previous)"
+                                    if "marginal_ratio" in e else ""),
             f"{growth:.2f}x" if growth else "",
             f"{e['largest_peak_anon'] / MB:,.0f} MB ({e['largest']})" if e.get("largest_peak_anon") else "",
             verdict[e["flat"]],
         ]) + " |")
-    lines += ["", f"Time linear: the marginal cost per GB of the largest step within {LINEAR_TOLERANCE}x of the step before "
+    lines += ["", f"Time linear: the marginal cost per GB of the largest step at most {LINEAR_TOLERANCE}x the step before's "
               "(on CPU time, which the load of other jobs moves much less than wall time). \"peak anon, last step\": the "
               "largest size's peak over the one before; a tool that holds a bounded window of rows stays near 1x, one that "
               "holds whole tensors grows with the largest tensor (the embedding). Under 1.5 GB: the issue's target for the "
@@ -337,15 +341,16 @@ def plot(points: Sequence[Point], summary: Mapping[str, dict], stem: Path) -> li
         if not pts:
             continue
         xs = [p.input_bytes / GB for p in pts]
-        line = ax_t.plot(xs, [p.seconds for p in pts], markers[op], label=f"{label} (wall)")[0]
-        if all(p.cpu_seconds is not None for p in pts):
-            ax_t.plot(xs, [p.cpu_seconds for p in pts], markers[op], mfc="none", color=line.get_color(), label="  CPU time")
-        fit = summary.get(op, {}).get("fit")
-        if fit:
-            lo, hi = min(xs) * 0.8, max(xs) * 1.25
-            grid = [lo * (hi / lo) ** (i / 60) for i in range(61)]
-            ax_t.plot(grid, [fit["startup_seconds"] + fit["seconds_per_gb"] * g for g in grid], "-", color=line.get_color(),
-                      alpha=0.6, label=f"fit {fit['startup_seconds']:.1f} s + {fit['seconds_per_gb']:.2f} s/GB")
+        line = ax_t.plot(xs, [p.seconds for p in pts], markers[op], label=label)[0]
+        lo, hi = min(xs) * 0.8, max(xs) * 1.25
+        grid = [lo * (hi / lo) ** (i / 60) for i in range(61)]
+        for key, fit_name, style in (("seconds", "fit", "-"), ("cpu_seconds", "cpu_fit", "--")):
+            if key == "cpu_seconds" and all(p.cpu_seconds is not None for p in pts):
+                ax_t.plot(xs, [p.cpu_seconds for p in pts], markers[op], mfc="none", color=line.get_color())
+            fit = summary.get(op, {}).get(fit_name)
+            if fit:
+                ax_t.plot(grid, [fit["startup_seconds"] + fit["seconds_per_gb"] * g for g in grid], style,
+                          color=line.get_color(), alpha=0.6)
         ax_m.plot(xs, [p.peak_anon / MB for p in pts], markers[op] + "-", color=line.get_color(), label=label)
         for p, x in zip(pts, xs):
             ax_m.annotate(p.size, (x, p.peak_anon / MB), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -356,11 +361,11 @@ def plot(points: Sequence[Point], summary: Mapping[str, dict], stem: Path) -> li
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ax_t.set_yscale("log")
-    ax_t.set_ylabel("wall time (s)")
-    ax_t.set_title("time against input bytes (log-log; line: least-squares fit of wall time)")
+    ax_t.set_ylabel("time (s)")
+    ax_t.set_title("time against input bytes (log-log)\nfilled, solid fit: wall time; hollow, dashed fit: CPU time", fontsize=10)
     ax_m.set_ylim(bottom=0)
     ax_m.set_ylabel("peak anonymous memory (MB)")
-    ax_m.set_title("peak anonymous memory (RssAnon) against input bytes")
+    ax_m.set_title("peak anonymous memory (RssAnon) against input bytes", fontsize=10)
     fig.tight_layout()
     written = []
     for ext in ("png", "svg"):
