@@ -49,7 +49,9 @@ def test_a_line_is_linear_and_a_parabola_is_not() -> None:
         assert entry["fit"]["seconds_per_gb"] == pytest.approx(3.0) and entry["fit"]["startup_seconds"] == pytest.approx(2.0)
         assert entry["marginal_seconds_per_gb"] == pytest.approx([3.0, 3.0])
     parabola = scaling.summarize(points(lambda gb: 2.0 + gb * gb))
-    assert all(entry["linear"] is False for entry in parabola.values())
+    assert all(entry["linear"] is False and entry["growth"] == "super-linear" for entry in parabola.values())
+    root = scaling.summarize(points(lambda gb: 2.0 + 3.0 * gb ** 0.3))  # cheaper per byte as it grows: passes
+    assert all(entry["linear"] is True and entry["growth"] == "sub-linear" for entry in root.values())
     # wall time bent by the load of other jobs, CPU time linear: judged on CPU time
     loaded = scaling.summarize(points(lambda gb: 2.0 + gb * gb, cpu=lambda gb: 1.0 + 2.0 * gb))
     assert all(e["linear"] is True and e["linear_on"] == "CPU time" for e in loaded.values())
