@@ -200,15 +200,7 @@ class Bench:
         self._has: dict[str, bool] = {}
         self._chat_gguf: Path | str | None = None  # "" once building it failed
         self.triple: synthetic.Triple | None = None
-        self.env = {
-            "OMP_NUM_THREADS": str(self.threads),
-            "MKL_NUM_THREADS": str(self.threads),
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
+        self.env = scaling.bench_env(self.threads)
 
     # -- helpers --------------------------------------------------------------------------
     def log(self, message: str) -> None:

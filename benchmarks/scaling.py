@@ -392,8 +392,9 @@ def write(points: Sequence[Point], out_dir: Path, machine: Mapping[str, object] 
 
 
 def bench_env(threads: int) -> dict[str, str]:
+    """The environment every measured tool runs in (run.py's too): the same threads, offline, unbuffered."""
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def main(argv: list[str] | None = None) -> int:
