@@ -852,6 +852,7 @@ class Bench:
         sizes = self.args.scaling_sizes or (scaling.DEFAULT_SIZES if self.size == "full" else scaling.SMOKE_SIZES)
         command = {"merge": "merge", "merge_gguf": "merge", "convert": "convert"}
         ops = [op for op in scaling.OPS if self.has(command[op])]
+        machine = harness.describe_machine(self.python) | {"threads": self.threads}
         points = scaling.measure_all(sizes, ops, self.cache, self.work / "scaling", python=self.python, threads=self.threads,
                                      ratio=self.ratio, env=self.env, log=self.log, timeout=self.args.timeout)
         for op in scaling.OPS:
@@ -866,7 +867,7 @@ class Bench:
         out = self.results_dir()  # the file keeps the points of sizes not measured this time
         kept = scaling.merge_points(scaling.load(out / "SCALING.json"), points)
         summary = scaling.summarize(points)
-        scaling.write(kept, out, harness.describe_machine(self.python) | {"threads": self.threads})
+        scaling.write(kept, out, machine)
         for op, e in summary.items():
             label = scaling.OPS[op]
             if e["linear"] is None:

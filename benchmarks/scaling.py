@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.cache or synthetic.default_cache()
         threads = args.threads or os.cpu_count() or 1
         work = cache / "work" / f"scaling-{os.getpid()}"
+        machine = harness.describe_machine(sys.executable) | {"threads": threads}  # before: its load is the start's
         try:
             new = measure_all(sizes, ops, cache, work, python=sys.executable, threads=threads, ratio=args.ratio,
                               env=bench_env(threads), log=lambda m: print(f"[{datetime.datetime.now():%H:%M:%S}] {m}",
@@ -427,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         previous = new if args.fresh else merge_points(previous, new)
-        machine = harness.describe_machine(sys.executable) | {"threads": threads}
     write(previous, args.out, machine)
     print((args.out / "SCALING.md").read_text(encoding="utf-8"))
     return 0
