@@ -100,7 +100,30 @@ def test_adapter_sweep_through_the_eval_suites(tiny_family, tmp_path, capsys):
     assert by_label["r=0"] == by_label["CP"]  # the adapter at scale 0 is the CP model itself
     assert report["pick"]["rule"].startswith("maximise instructions.stop_rate")
     lines = report["recommendation"]["commands"]["adapter"]
-    assert any("--lora-scaled chat-lora.gguf" in line for line in lines)
+    ratio = report["recommendation"]["ratios"][0]
+    assert any(f"--lora-scaled chat-lora.gguf:{ratio:g}" in line for line in lines)  # llama.cpp's FNAME:SCALE
     # the shared CP GGUF and adapter stay in the cache (every adapter point reads them); nothing else
     kept = sorted(p.name.split("-")[0] for p in (out / "cache" / "gguf").glob("*.gguf"))
     assert kept == ["adapter", "cp"]
+
+
+def test_grid_over_two_vectors(tmp_path, capsys):
+    """--vector V --vector V2 --ratios2: every combination; the same vector twice makes (1,0) and (0,1)
+    the same model, so they must measure the same, and (0,0) must measure as CP."""
+    from cvlocal.vector.extract import extract_vector
+
+    vector = tmp_path / "vector"
+    extract_vector(DEMO / "base", DEMO / "chat", vector, device="cpu", quiet=True)
+    out = tmp_path / "out"
+    code = main(["sweep", str(DEMO / "cp"), "--vector", str(vector), "--vector", str(vector), "--ratios", "0,1",
+                 "--ratios2", "0,1", "--special-tokens", "none", "--suite", "demo", "--limit", "2",
+                 "--out", str(out), "--json", "--quiet"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(stdout)
+    by_label = {p["label"]: p["metrics"] for p in report["points"]}
+    assert list(by_label) == ["CP", "r=0,0", "r=0,1", "r=1,0", "r=1,1"]  # no chat model to measure
+    assert by_label["r=0,1"] == by_label["r=1,0"] and by_label["r=0,0"] == by_label["CP"]
+    assert report["recommendation"]["ratios"] is not None
+    assert f"--vector {vector}:" in report["recommendation"]["commands"]["merge"]
+    assert (out / "sweep.png").stat().st_size > 20_000

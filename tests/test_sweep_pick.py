@@ -65,3 +65,12 @@ def test_bad_ratios_are_refused(text):
 
 def test_ratios_are_sorted_and_deduplicated():
     assert parse_ratios("1, 0.5,-0,0,1.0", "--ratios") == (0.0, 0.5, 1.0)
+
+
+def test_auto_when_no_point_meets_every_target_takes_the_one_meeting_the_most():
+    points = [_point(0.5, demo__ended=(0.0, 0.0, 0.3), demo__b_turn=(0.0, 0.0, 0.3), demo__correct=(0.9, 0.7, 1.0)),
+              _point(1.0, demo__ended=(1.0, 0.8, 1.0), demo__b_turn=(0.9, 0.7, 1.0), demo__correct=(0.2, 0.1, 0.4)),
+              _point(1.5, demo__ended=(1.0, 0.8, 1.0), demo__b_turn=(0.9, 0.7, 1.0), demo__correct=(0.1, 0.0, 0.3))]
+    choice = pick_auto(points, None, ["demo"])
+    assert choice.ratios == [1.0] and choice.candidates == [[1.0], [1.5]]
+    assert "meets the most (2)" in choice.rule

@@ -115,7 +115,7 @@ def prepare(args: argparse.Namespace) -> Sweep:
         langs=tuple(langs), limit=args.limit, seed=args.seed, samples=args.samples, max_tokens=args.max_tokens,
         ctx=args.ctx, suites_dir=str(args.suites_dir) if args.suites_dir else None,
         cache_dir=str((args.out / "cache").resolve()), threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-        parallel=args.parallel if args.parallel is not None else 1, keep=args.keep, quiet=True)
+        parallel=args.parallel, keep=args.keep, quiet=True)
     spec = SweepSpec(args.cp, base, chat, vectors, tuple(ratios), template)
     _check_identity(args.out, sweep_identity(template))
     return Sweep(spec, tasks_for(spec), args.out, args.pick, args.quiet, args.json, args.ray)

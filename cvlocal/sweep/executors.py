@@ -1,6 +1,7 @@
 """Where sweep points run. :class:`LocalExecutor` runs them in this process, one after the other;
 ``cvlocal.sweep.ray_executor.RayExecutor`` (the ``cluster`` extra) has the same ``run`` method and
-runs each point as a Ray task. The report layer only sees the gathered results, so the output is
+runs each point as a Ray task; ``cvlocal sweep --ray [ADDRESS]`` builds it as ``RayExecutor(ADDRESS)``
+(None: a local Ray instance). The report layer only sees the gathered results, so the output is
 the same whichever ran the points."""
 from __future__ import annotations
 

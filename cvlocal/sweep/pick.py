@@ -137,26 +137,35 @@ def pick_auto(points: Sequence[dict[str, Any]], cp: dict[str, Any] | None, suite
         targets = [(s, k) for s, k in catalogue if catalogue[(s, k)] is not None][:1]
     rule = ("auto: the smallest ratio whose " + ", ".join(f"{s}.{k}" for s, k in targets)
             + " are each within the 95% interval of the best point's" + guard_text)
-    qualifying = []
-    for p in sorted(eligible, key=_order):
-        ok = True
-        for s, k in targets:
-            higher = catalogue.get((s, k), True)
-            mine = _cell(p, s, k)
-            values = [(q, _cell(q, s, k)) for q in eligible]
-            values = [(q, c) for q, c in values if c is not None]
-            if mine is None or not values:
-                continue
-            best_point, best = max(values, key=lambda qc: qc[1]["value"] if higher else -qc[1]["value"])
-            interval = best.get("interval") or [best["value"], best["value"]]
-            if (higher and mine["value"] < interval[0]) or (not higher and mine["value"] > interval[1]):
-                ok = False
-                break
-        if ok:
-            qualifying.append(p)
-    if not qualifying:
-        return Pick(None, rule + " (no point qualifies)", [])
-    return Pick(qualifying[0]["ratios"], rule, [p["ratios"] for p in qualifying])
+    within = {id(p): _within(p, eligible, targets, catalogue) for p in eligible}
+    ordered = sorted(eligible, key=_order)
+    qualifying = [p for p in ordered if within[id(p)] == len(targets)]
+    if qualifying:
+        return Pick(qualifying[0]["ratios"], rule, [p["ratios"] for p in qualifying])
+    if not ordered:
+        return Pick(None, rule + " (no point to choose from)", [])
+    most = max(within.values())
+    fallback = [p for p in ordered if within[id(p)] == most]
+    return Pick(fallback[0]["ratios"], rule + f"; no point met all {len(targets)}, so the smallest ratio that meets the most "
+                f"({most})", [p["ratios"] for p in fallback])
+
+
+def _within(p: dict[str, Any], points: Sequence[dict[str, Any]], targets: Sequence[tuple[str, str]],
+            catalogue: dict[tuple[str, str], bool]) -> int:
+    """How many target metrics of ``p`` are within the 95% interval of the best point's (a metric
+    that ``p`` or every point lacks counts as met: there is nothing to compare)."""
+    met = 0
+    for s, k in targets:
+        higher = catalogue.get((s, k), True)
+        mine = _cell(p, s, k)
+        values = [c for c in (_cell(q, s, k) for q in points) if c is not None]
+        if mine is None or not values:
+            met += 1
+            continue
+        best = max(values, key=lambda c: c["value"] if higher else -c["value"])
+        low, high = best.get("interval") or [best["value"], best["value"]]
+        met += (mine["value"] >= low) if higher else (mine["value"] <= high)
+    return met
 
 
 def pick(pick_option: str, points: Sequence[dict[str, Any]], cp: dict[str, Any] | None, suites: Sequence[str]) -> Pick:

@@ -20,13 +20,14 @@ VERSION = 1
 HOST_KEYS = ("timings", "work", "host")  # what a comparison of two runs of one sweep leaves out
 
 
-def _fmt(cell: dict[str, Any] | None) -> str:
+def _fmt(cell: dict[str, Any] | None, sep: str = " ") -> str:
+    """``0.74 [0.66,0.81]`` (``sep`` "\n" puts the interval under the value, for narrow terminals)."""
     if not cell or cell.get("value") is None:
         return "–"
     text = f"{cell['value']:.2f}"
     if cell.get("interval"):
         lo, hi = cell["interval"]
-        text += f" [{lo:.2f},{hi:.2f}]"
+        text += f"{sep}[{lo:.2f},{hi:.2f}]" if sep == " " else f"{sep}{lo:.2f}–{hi:.2f}"
     return text
 
 
@@ -58,9 +59,15 @@ def _commands(sweep: Any, ratios: list[float] | None) -> dict[str, Any]:
         found["adapter"] = [
             shlex.join(["cvlocal", "convert", str(spec.cp), "-o", cp_gguf, "--outtype", task.outtype]),
             shlex.join(["cvlocal", "extract", str(spec.base), str(spec.chat), "-o", "chat-lora.gguf", "--rank", task.rank]),
-            shlex.join(["llama-cli", "-m", cp_gguf, "--lora-scaled", "chat-lora.gguf", f"{ratios[0]:g}"]),
+            # llama.cpp's own syntax (common/arg.cpp): --lora-scaled FNAME:SCALE
+            shlex.join(["llama-cli", "-m", cp_gguf, "--lora-scaled", f"chat-lora.gguf:{ratios[0]:g}"]),
         ]
     return found
+
+
+def _folder_bytes(folder: Path) -> int:
+    """What the cache holds on disk now (point GGUFs are removed after their evaluation unless --keep)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def build_report(sweep: Any, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -91,6 +98,7 @@ def build_report(sweep: Any, results: Sequence[dict[str, Any]]) -> dict[str, Any
             "bytes_written": sum(w["bytes_written"] for w in work.values()),
             "model_loads": sum(w["model_loads"] for w in work.values()),
             "items_evaluated": sum(w["items_evaluated"] for w in work.values()),
+            "cache_bytes": _folder_bytes(Path(sweep.out) / "cache"),
         },
         "timings": {"points": {r["key"]: r["timings"] for r in results},
                     "total_s": round(sum(r["timings"]["total_s"] for r in results), 3)},
@@ -119,7 +127,7 @@ def _best(report: dict[str, Any]) -> dict[tuple[str, str], float]:
     return best
 
 
-def table_cells(report: dict[str, Any]) -> list[tuple[str, list[tuple[str, bool]]]]:
+def table_cells(report: dict[str, Any], sep: str = " ") -> list[tuple[str, list[tuple[str, bool]]]]:
     """One row per metric (``suite: label``), one cell per point (references first): text, is best.
     Metrics as rows: a sweep has a handful of points and may have a dozen metrics."""
     best = _best(report)
@@ -130,7 +138,7 @@ def table_cells(report: dict[str, Any]) -> list[tuple[str, list[tuple[str, bool]
             cell = pooled(p["metrics"], suite).get(key)
             is_best = p["kind"] == "point" and bool(cell) and cell.get("value") is not None \
                 and cell["value"] == best.get((suite, key))
-            cells.append((_fmt(cell), is_best))
+            cells.append((_fmt(cell, sep), is_best))
         rows.append((f"{suite}: {label}", cells))
     return rows
 
@@ -180,11 +188,11 @@ def show_report(report: dict[str, Any], out: Path, *, quiet: bool) -> None:
 
     from cvlocal.sweep.plot import text_plot
 
-    table = Table(title=f"sweep of {report['inputs']['cp']}: value [95% interval], best ratio point in bold")
-    table.add_column("metric")
+    table = Table(title=f"sweep of {report['inputs']['cp']}: value and 95% interval, best ratio point in bold")
+    table.add_column("metric", max_width=22)
     for p in report["points"]:
-        table.add_column(p["label"], justify="right")
-    for name, cells in table_cells(report):
+        table.add_column(p["label"], justify="right", min_width=9)
+    for name, cells in table_cells(report, "\n"):
         table.add_row(name, *[f"[bold]{t}[/bold]" if b else t for t, b in cells])
     ui.stderr.print(table)
     ui.stderr.print(text_plot(report), markup=False, highlight=False)
@@ -194,6 +202,7 @@ def show_report(report: dict[str, Any], out: Path, *, quiet: bool) -> None:
             ui.stderr.print(("  " if line.startswith(("cvlocal", "llama")) else "") + line, markup=False)
     work = report["work"]
     ui.stderr.print(f"{work['points_run']} point(s) run, {work['points_cached']} from the cache; "
-                    f"{ui.human_bytes(work['bytes_written'])} written, {work['model_loads']} model load(s), "
-                    f"{work['items_evaluated']} item(s) evaluated; wrote {out / 'sweep.json'}, sweep.md, sweep.png, sweep.svg",
+                    f"{ui.human_bytes(work['bytes_written'])} of GGUF written, {work['model_loads']} model load(s), "
+                    f"{work['items_evaluated']} item(s) evaluated; the cache holds {ui.human_bytes(work['cache_bytes'])}; "
+                    f"wrote {out / 'sweep.json'}, sweep.md, sweep.png, sweep.svg",
                     markup=False)
