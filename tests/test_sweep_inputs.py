@@ -127,3 +127,20 @@ def test_grid_over_two_vectors(tmp_path, capsys):
     assert report["recommendation"]["ratios"] is not None
     assert f"--vector {vector}:" in report["recommendation"]["commands"]["merge"]
     assert (out / "sweep.png").stat().st_size > 20_000
+
+
+def test_more_items_reuse_the_eval_runners_answers_after_the_gguf_is_rebuilt(tiny_family, tmp_path, capsys):
+    """The merged GGUF is deleted after its evaluation; a sweep asking for more items rebuilds it (a new
+    file, new mtime) and must still find the items answered before (the runner's cache is keyed by the
+    point's content, not by the file)."""
+    family = tiny_family("llama3")
+    out = tmp_path / "out"
+    common = ["sweep", str(family.cp), "--base", str(family.base), "--chat", str(family.chat), "--ratios", "1",
+              "--suite", "instructions", "--lang", "en", "--max-tokens", "8", "--out", str(out), "--json", "--quiet"]
+    assert main([*common, "--limit", "1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["work"]["items_evaluated"] == 3 and not list((out / "cache" / "gguf").glob("point-*"))
+    assert main([*common, "--limit", "2"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["work"]["points_run"] == 3 and second["work"]["bytes_written"] > 0  # every GGUF rebuilt
+    assert second["work"]["items_evaluated"] == 3  # one new item per model, the first one reused
