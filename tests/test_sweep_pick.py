@@ -74,3 +74,21 @@ def test_auto_when_no_point_meets_every_target_takes_the_one_meeting_the_most():
     choice = pick_auto(points, None, ["demo"])
     assert choice.ratios == [1.0] and choice.candidates == [[1.0], [1.5]]
     assert "meets the most (2)" in choice.rule
+
+
+def test_point_task_round_trips_and_its_key_ignores_where_it_runs():
+    import pickle
+    from dataclasses import replace
+
+    from cvlocal.sweep.point import PointTask
+
+    task = PointTask(kind="point", cp="/m/cp", base="/m/base", chat="/m/chat", ratios=(0.5,),
+                     fingerprints=("a" * 16, "b" * 16, "c" * 16), suites=("demo",), limit=4, cache_dir="/x/cache")
+    assert PointTask.from_json(task.to_json()) == task
+    assert pickle.loads(pickle.dumps(task)) == task
+    moved = replace(task, cp="/elsewhere/cp", cache_dir="/y/cache", threads=8, n_gpu_layers=99, quiet=False)
+    assert moved.key == task.key and moved.model_key == task.model_key  # content, not place
+    assert replace(task, ratios=(0.75,)).model_key != task.model_key
+    assert replace(task, fingerprints=("d" * 16, "b" * 16, "c" * 16)).key != task.key
+    more = replace(task, limit=8)
+    assert more.key != task.key and more.model_key == task.model_key  # same model, asked more
