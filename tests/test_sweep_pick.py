@@ -92,3 +92,31 @@ def test_point_task_round_trips_and_its_key_ignores_where_it_runs():
     assert replace(task, fingerprints=("d" * 16, "b" * 16, "c" * 16)).key != task.key
     more = replace(task, limit=8)
     assert more.key != task.key and more.model_key == task.model_key  # same model, asked more
+
+
+def test_a_killed_build_leaves_nothing_that_looks_finished_and_its_partial_is_cleaned(tmp_path):
+    import os
+    import subprocess
+
+    from cvlocal.sweep.artifacts import _build_once, remove_stale_builds
+
+    target = tmp_path / "gguf" / "point-x-q8_0.gguf"
+    target.parent.mkdir()
+
+    def fails(out):
+        out.write_bytes(b"GGUF half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        _build_once(target, fails)
+    assert list(target.parent.iterdir()) == []  # neither the target nor the partial
+    assert _build_once(target, lambda out: out.write_bytes(b"GGUF done")) == 9 and target.read_bytes() == b"GGUF done"
+    assert _build_once(target, fails) == 0  # built once: never again
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = target.parent / f".{target.name}.partial-{dead.pid}-0123abcd-build.gguf"
+    live = target.parent / f".other.gguf.partial-{os.getppid()}-0123abcd-build.gguf"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    assert remove_stale_builds(tmp_path) == [stale]
+    assert live.exists() and target.exists()

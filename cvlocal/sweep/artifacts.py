@@ -14,7 +14,6 @@ when complete, so an interrupted build never leaves a file that looks finished.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -36,9 +35,11 @@ def _short(*parts: object) -> str:
 def _build_once(path: Path, build: Callable[[Path], None]) -> int:
     """Build ``path`` through a temporary name unless it exists; bytes written (0 when cached).
     Two workers building the same file both finish and the rename of the second is harmless."""
+    from convert.atomic import partial_path
+
     if path.is_file():
         return 0
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    tmp = partial_path(path, f"build{path.suffix}")  # names its owner's PID: a killed build is found stale
     try:
         build(tmp)
         size = tmp.stat().st_size
@@ -106,6 +107,14 @@ def build_point_model(task: PointTask) -> tuple[str, int]:
         return f"{cp}+{adapter}@{task.ratios[0]!r}", written
     path = point_path(task)
     return str(path), _build_once(path, lambda out: _merge(task, out))
+
+
+def remove_stale_builds(cache_dir: Path) -> list[Path]:
+    """Partial GGUFs left by a build that was killed (SIGKILL, power loss), so the disk stays bounded.
+    Only for a cache this host alone writes: a PID names a process of this machine."""
+    from convert.atomic import remove_stale_partials
+
+    return remove_stale_partials(Path(cache_dir) / "gguf")
 
 
 def discard_point_model(task: PointTask, model: str) -> None:

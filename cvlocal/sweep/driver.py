@@ -164,8 +164,12 @@ def run_sweep(sweep: Sweep, executor: Any) -> dict[str, Any]:
     """Run every point through ``executor``, then write and show the report; returns sweep.json's content."""
     from cvlocal.sweep.report import build_report, show_report, write_report
 
+    from cvlocal.sweep.artifacts import remove_stale_builds
+
     sweep.out.mkdir(exist_ok=True)
     _write_identity(sweep)
+    if sweep.ray is None:
+        remove_stale_builds(sweep.out / "cache")
     results: dict[str, dict[str, Any]] = {}
     with ui.item_progress(sweep.quiet or sweep.json) as progress:
         bar = progress.add_task("sweep", total=len(sweep.tasks), detail=sweep.tasks[0].label if sweep.tasks else "")
