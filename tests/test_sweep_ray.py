@@ -1,0 +1,164 @@
+"""The Ray path of ``cvlocal sweep`` (issue 17) on a private Ray instance bound to 127.0.0.1.
+
+One Ray instance for the module (start-up takes seconds on a busy machine): 2 CPUs, no dashboard,
+loopback only (checked: every socket Ray's processes listen on is a loopback address), stopped in
+the teardown. The executor's results are checked against the same work done in this process, the
+refusal against a path that the workers do not see as the driver does.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from cvlocal.errors import UsageError  # noqa: E402
+from cvlocal.sweep import ray_executor  # noqa: E402
+from cvlocal.sweep.ray_executor import RayExecutor, check_workers, describe  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS")}
+    if ray.is_initialized():
+        ray.shutdown()
+    ray_executor.start_local(num_cpus=2)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ray_processes() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True)]
+
+
+def test_local_ray_listens_on_loopback_only(local_ray):
+    ray.get(ray.remote(lambda: 1).remote())  # at least one worker up
+    listening = []
+    for proc in ray_processes():
+        try:
+            conns = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN or (not c.raddr and c.type == 2):
+                listening.append((proc.name(), c.laddr.ip, c.laddr.port))
+    assert listening, "found no Ray server socket at all: the check would be vacuous"
+    outward = [x for x in listening if not ipaddress.ip_address(x[1].removeprefix("::ffff:")).is_loopback]
+    assert not outward, f"Ray listens beyond loopback: {outward}"
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+# ---------------------------------------------------------------- the executor on a stand-in task
+
+
+@dataclass(frozen=True)
+class Square:
+    """A picklable stand-in for a PointTask: the executor only needs threads and paths."""
+
+    x: int
+    threads: int | None = None
+    n_gpu_layers: int = 0
+    cache_dir: str = ""
+    cp: str | None = None
+
+
+def square(task: Square) -> dict:
+    """Task 0 finishes only once the driver has been handed another task's result (or 60 s pass)."""
+    waited = None
+    if task.x == 0:
+        flag, start = Path(task.cache_dir) / "another-result-arrived", time.monotonic()
+        while not flag.exists() and time.monotonic() - start < 60:
+            time.sleep(0.05)
+        waited = flag.exists()
+    return {"x": task.x, "y": task.x * task.x, "pid": os.getpid(), "threads": task.threads, "waited": waited}
+
+
+def test_executor_runs_each_task_as_a_ray_task(local_ray, tmp_path):
+    tasks = [Square(i, cache_dir=str(tmp_path / "cache"), cp=str(tmp_path)) for i in range(4)]
+    got: list[tuple[Square, dict]] = []
+
+    def on_result(task: Square, result: dict) -> None:
+        got.append((task, result))
+        (tmp_path / "cache" / "another-result-arrived").touch()
+
+    RayExecutor(threads=1, function=square).run(tasks, on_result)
+    assert sorted(r["y"] for _, r in got) == [0, 1, 4, 9]
+    assert all(r["x"] == t.x for t, r in got), "a result was handed to on_result with another task"
+    assert {r["pid"] for _, r in got}.isdisjoint({os.getpid()}), "the tasks ran in the driver, not on Ray workers"
+    assert all(r["threads"] == 1 for _, r in got)
+    first = next(r for t, r in got if t.x == 0)
+    assert first["waited"], "results were gathered in submission order, not as they finished"
+    assert got[-1][0].x == 0
+    assert ray.is_initialized(), "the executor closed a connection it did not open"
+    assert not list((tmp_path / "cache").glob(".ray-probe-*")), "the probe left files in the cache"
+    assert RayExecutor().prepare(Square(0, threads=None)).threads == 1
+
+
+def test_declared_resources():
+    assert ray_executor.resources(Square(0, threads=3)) == {"num_cpus": 3.0}
+    assert ray_executor.resources(Square(0, threads=2, n_gpu_layers=99)) == {"num_cpus": 2.0, "num_gpus": 1.0}
+
+
+def test_a_point_that_needs_more_cpus_than_a_node_has_is_not_silently_run(local_ray, tmp_path):
+    refs = ray.remote(square).options(**ray_executor.resources(Square(0, threads=3))).remote(Square(0))
+    ready, _ = ray.wait([refs], timeout=3)
+    assert not ready, "Ray ran a 3-CPU task on a 2-CPU instance: the declared resources are not applied"
+    ray.cancel(refs)
+
+
+# ---------------------------------------------------------------- what the workers see
+
+
+def test_check_accepts_what_the_workers_see(local_ray, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 1000)
+    assert check_workers([str(model)], str(tmp_path / "cache")) == 1
+
+
+def test_check_refuses_an_input_the_workers_do_not_see(local_ray, tmp_path, capsys):
+    model = tmp_path / "only-on-the-driver"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 1000)
+    driver_view = {str(model): describe(str(model))}
+    (model / "model.safetensors").unlink()
+    model.rmdir()  # the driver saw it; the worker will not
+    with pytest.raises(UsageError) as err:
+        check_workers([str(model)], str(tmp_path / "cache"), driver_view=driver_view)
+    line = str(err.value)
+    assert str(model) in line and "cannot see" in line and "every Ray node mounts" in line
+    assert "\n" not in line
+
+
+def test_check_refuses_a_different_copy(local_ray, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"x" * 1000)
+    driver_view = {str(model): describe(str(model))}
+    weights.write_bytes(b"y" * 999)  # the worker's copy differs
+    with pytest.raises(UsageError) as err:
+        check_workers([str(model)], str(tmp_path / "cache"), driver_view=driver_view)
+    assert str(weights) in str(err.value) and "different file" in str(err.value)
+
+
+def test_check_refuses_a_cache_the_workers_do_not_share(local_ray, tmp_path):
+    answer = ray_executor.probe([], str(tmp_path / "elsewhere"), ".ray-probe-x", "token")
+    problem = ray_executor.compare({}, answer, str(tmp_path / "cache"), "10.0.0.2 (node-b)")
+    assert problem and problem.startswith(str(tmp_path / "cache")) and "does not see the sweep's cache" in problem
