@@ -137,7 +137,8 @@ def measure(s: argparse.Namespace, work: Path) -> dict[str, Any]:
     fig["speedup"] = round(by_hand.seconds / swept.seconds, 3) if swept.seconds else None
     sweep_json = json.loads((work / "sweep" / "sweep.json").read_text(encoding="utf-8"))
     fig["numbers"] = compare_numbers(sweep_json, work)
-    fig["sweep"]["work"] = sweep_json.get("work", {}).get("total") if isinstance(sweep_json.get("work"), dict) else None
+    work_done = sweep_json.get("work") or {}
+    fig["sweep"]["work"] = {k: work_done.get(k) for k in ("points_run", "bytes_written", "model_loads", "items_evaluated")}
     return fig
 
 

@@ -25,6 +25,38 @@ from cvlocal.sweep.ray_executor import RayExecutor, check_workers, describe  # n
 pytestmark = pytest.mark.slow
 
 
+# ---------------------------------------------------------------- the command line
+
+
+def sweep_args(family, out: Path) -> list[str]:
+    return ["sweep", str(family.cp), "--base", str(family.base), "--chat", str(family.chat), "--ratios", "0.5,1",
+            "--suite", "dialogue,toxicity", "--lang", "en", "--limit", "1", "--samples", "2", "--max-tokens", "8",
+            "--threads", "1", "--parallel", "1", "--out", str(out), "--quiet"]
+
+
+def without_host(report: dict) -> dict:
+    """sweep.json less what must differ between two runs: timings, and where it ran (out path, executor)."""
+    return {k: v for k, v in report.items() if k not in ("timings", "host")}
+
+
+def test_sweep_with_ray_and_no_cluster_is_one_line(tiny_family, tmp_path):
+    """--ray connects to an existing cluster and never starts one: none at the address is exit 2, at once.
+
+    First in the file: before the module's own Ray instance exists."""
+    import subprocess
+    import sys
+
+    family = tiny_family("llama3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=os.getcwd())
+    proc = subprocess.run([sys.executable, "-m", "cvlocal", *sweep_args(family, tmp_path / "out"), "--ray", "127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=120, env=env)  # nothing listens on port 1
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no Ray cluster reachable" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "sweep.json").exists()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS")}
@@ -162,3 +194,27 @@ def test_check_refuses_a_cache_the_workers_do_not_share(local_ray, tmp_path):
     answer = ray_executor.probe([], str(tmp_path / "elsewhere"), ".ray-probe-x", "token")
     problem = ray_executor.compare({}, answer, str(tmp_path / "cache"), "10.0.0.2 (node-b)")
     assert problem and problem.startswith(str(tmp_path / "cache")) and "does not see the sweep's cache" in problem
+
+
+# ---------------------------------------------------------------- a real sweep through Ray
+
+def test_a_sweep_through_ray_writes_the_same_sweep_json_as_a_local_run(local_ray, tiny_family, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from cvlocal.cli import main
+
+    family = tiny_family("llama3")
+    assert main(sweep_args(family, tmp_path / "local")) == 0
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run([sys.executable, "-m", "cvlocal", *sweep_args(family, tmp_path / "ray"), "--ray", address],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    local = json.loads((tmp_path / "local" / "sweep.json").read_text(encoding="utf-8"))
+    remote = json.loads((tmp_path / "ray" / "sweep.json").read_text(encoding="utf-8"))
+    assert remote["host"]["executor"] == "ray" and local["host"]["executor"] == "local"
+    assert [p["label"] for p in remote["points"]] == ["CP", "chat", "r=0.5", "r=1"]
+    assert remote["work"]["points_run"] == 4 and remote["work"]["model_loads"] == 4
+    assert without_host(remote) == without_host(local)
+

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 OnResult = Callable[[Any, dict[str, Any]], None]
 INPUT_FIELDS = ("cp", "base", "chat", "suites_dir", "demo_assets")  # single paths in a PointTask
 INPUT_LISTS = ("vectors",)  # tuples of paths
-SHARED_FIX = ("put the models and --out on a filesystem every Ray node mounts at the same path "
-              "(NFS or the like; or the same copies at the same paths) and run the sweep from there")
-EXTRA_FIX = "install the cluster extra: pip install 'cvlocal[cluster]'"
+SHARED_FIX = ("Put the models and --out on a filesystem every Ray node mounts at the same path "
+              "(NFS or the like, or identical copies there) and run the sweep from there.")
+EXTRA_FIX = "Install the cluster extra: pip install 'cvlocal[cluster]'."
 LOCAL = "local"
 
 
@@ -86,6 +86,22 @@ def start_local(num_cpus: int | None = None, **kwargs: Any) -> Any:
                     log_to_driver=False, logging_level=logging.WARNING, configure_logging=True, **kwargs)
 
 
+CONNECT_FIX = ("Start one (`ray start --head` on the head node, `ray start --address HEAD:6379` on the others) and "
+               "pass --ray HEAD:6379, or --ray local for a private Ray instance on this machine.")
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """A plain ``HOST:PORT`` must accept a TCP connection, checked before Ray's own connect, which
+    retries for a minute or more and logs every attempt; other forms are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit() or address in ("auto", LOCAL):
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise UsageError(f"no Ray cluster reachable at {address!r} ({err.strerror or err})", fix=CONNECT_FIX) from None
+
+
 def connect(address: str | None) -> bool:
     """Connect this process to Ray; True if this call made the connection (so ``run`` closes it).
 
@@ -104,14 +120,12 @@ def connect(address: str | None) -> bool:
     import logging
 
     target = address or "auto"
+    reachable(os.environ.get("RAY_ADDRESS", "") if target == "auto" else target)
     try:
         ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"no Ray cluster reachable at {target!r} ({first})",
-                         fix="start one (`ray start --head` on the head node, `ray start --address HEAD:6379` on "
-                             "the others) and pass --ray HEAD:6379, or --ray local for a private Ray instance on "
-                             "this machine") from None
+        raise UsageError(f"no Ray cluster reachable at {target!r} ({first})", fix=CONNECT_FIX) from None
     return True
 
 
