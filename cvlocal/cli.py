@@ -23,7 +23,7 @@ from cvlocal.errors import WorkError
 from cvlocal.heap import tune_malloc
 
 # Help lists the commands in the order of the pipeline; any other module found is appended.
-COMMAND_ORDER = ["extract", "merge", "convert", "imatrix", "quantize", "chat", "serve", "eval", "release", "demo"]
+COMMAND_ORDER = ["extract", "merge", "convert", "imatrix", "quantize", "chat", "serve", "eval", "sweep", "release", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):

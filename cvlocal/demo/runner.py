@@ -73,7 +73,7 @@ def build_models(bundle: DemoBundle, folder: Path, *, threads: int | None, quiet
 
 
 def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, threads: int | None,
-              max_tokens: int, on_reply: Callable[[], None] | None = None) -> list[Reply]:
+              max_tokens: int, on_reply: Callable[[Prompt, Reply], None] | None = None) -> list[Reply]:
     """One fresh single-turn greedy chat per prompt, scored (``gguf`` may be ``CP.gguf+ADAPTER.gguf@RATIO``)."""
     from cvlocal.llama.adapters import parse_model_spec
     from cvlocal.session import ChatSession, load_llama
@@ -87,10 +87,11 @@ def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, thr
             session.reset()
             turn = session.ask(p.prompt)
             ended = turn.finish_reason == "stop"
-            replies.append(Reply(turn.text, turn.finish_reason,
-                                 score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words)))
+            reply = Reply(turn.text, turn.finish_reason,
+                          score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words))
+            replies.append(reply)
             if on_reply is not None:
-                on_reply()
+                on_reply(p, reply)
         return replies
     finally:
         close = getattr(llm, "close", None)
@@ -106,7 +107,7 @@ def evaluate(paths: dict[str, Path], bundle: DemoBundle, *, threads: int | None,
             task = progress.add_task(f"chatting with {label}", total=len(bundle.prompts), detail="")
             started = time.perf_counter()
             replies = chat_with(paths[key], bundle.prompts, bundle.a_words, threads=threads, max_tokens=max_tokens,
-                                on_reply=lambda: progress.advance(task))
+                                on_reply=lambda _p, _r: progress.advance(task))
             results.append(ModelResult(key, label, name, replies, round(time.perf_counter() - started, 2)))
     return results
 

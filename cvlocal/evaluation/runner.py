@@ -63,6 +63,9 @@ class EvalRequest:
     quiet: bool = False
     judge_labelled: int = 40  # labelled replies the judge also grades, to measure its agreement (0: none)
     parallel: int | None = 1  # sequences decoded together; None: chosen from ctx and memory; 1: one at a time
+    # A caller that knows a model by the content of its inputs (the sweep: inputs' fingerprints, ratio,
+    # type) names it here, so a GGUF rebuilt after deletion reuses the items cached for it.
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +121,7 @@ def _prepare_models(request: EvalRequest) -> list[ModelRun]:
     cache_dir = request.out / "cache"
     runs = []
     for path, name in zip(request.models, _display_names(request.models)):
-        fingerprint = model_fingerprint(path)
+        fingerprint = request.fingerprints.get(str(path)) or model_fingerprint(path)
         prefix = f"{safe_name(model_stem(path))}-{fingerprint[:12]}-{key}"
         if request.fresh:
             for old in cache_dir.glob(f"{prefix}*.jsonl"):
