@@ -39,21 +39,22 @@ def without_host(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("timings", "host")}
 
 
-def test_sweep_with_ray_and_no_cluster_is_one_line(tiny_family, tmp_path):
+def test_sweep_with_ray_and_no_cluster_is_one_line(tiny_family, tmp_path, capfd):
     """--ray connects to an existing cluster and never starts one: none at the address is exit 2, at once.
 
-    First in the file: before the module's own Ray instance exists."""
-    import subprocess
-    import sys
+    First in the file, so that this process is not connected to the module's own Ray instance yet."""
+    from cvlocal.cli import main
 
+    if ray.is_initialized():
+        ray.shutdown()
     family = tiny_family("llama3")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=os.getcwd())
-    proc = subprocess.run([sys.executable, "-m", "cvlocal", *sweep_args(family, tmp_path / "out"), "--ray", "127.0.0.1:1"],
-                          capture_output=True, text=True, timeout=120, env=env)  # nothing listens on port 1
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no Ray cluster reachable" in lines[0] and "Traceback" not in proc.stderr
+    started = time.monotonic()
+    code = main([*sweep_args(family, tmp_path / "out"), "--ray", "127.0.0.1:1"])  # nothing listens on port 1
+    err = capfd.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no Ray cluster reachable at '127.0.0.1:1'" in lines[0] and "ray start --head" in lines[0]
+    assert not ray.is_initialized() and time.monotonic() - started < 60
     assert not (tmp_path / "out" / "sweep.json").exists()
 
 
