@@ -865,7 +865,7 @@ class Bench:
         self.log(f"sweep: ratios {','.join(map(repr, settings.ratios))} on assets/demo, then the same by hand")
         fig = sweep.measure(settings, self.fresh("sweep", "work"))
         mine = Row("cvlocal sweep", seconds=fig["sweep"]["seconds"], peak_rss=fig["sweep"]["peak_rss"],
-                   runs=[{"seconds": fig["sweep"]["seconds"]}])
+                   peak_anon=fig["sweep"]["peak_anon"], runs=[{"seconds": fig["sweep"]["seconds"]}])
         mine.metrics = {"processes": 1}
         s.rows.append(mine)
         if "failed" in fig:
@@ -877,11 +877,12 @@ class Bench:
             return s
         hand = fig["by_hand"]
         theirs = Row("by hand: convert|merge + eval per model", seconds=hand["seconds"], peak_rss=hand["peak_rss"],
-                     runs=[{"seconds": hand["seconds"], "per_model": hand["per_model"]}])
+                     peak_anon=hand["peak_anon"], runs=[{"seconds": hand["seconds"], "per_model": hand["per_model"]}])
         theirs.metrics = {"processes": hand["processes"]}
         s.rows.append(theirs)
         numbers = fig["numbers"]
         mine.metrics["numbers"] = f"{numbers['compared'] - len(numbers['differ'])}/{numbers['compared']}"
+        mine.runs[0]["work"] = fig["sweep"].get("work")
         s.targets.append(ratio_target(goals[0], theirs, mine, at_least=sweep.TARGET))
         s.targets.append(Target(goals[1], f"{numbers['compared'] - len(numbers['differ'])}/{numbers['compared']} equal"
                                 + (f" (first: {numbers['differ'][0]})" if numbers["differ"] else ""),
@@ -891,7 +892,9 @@ class Bench:
                        f"references on both sides (7 GGUFs at {st['outtype']}, 7 evaluations), suites {', '.join(st['suites'])}, "
                        f"languages {', '.join(st['langs'])}, --limit {st['limit']}, --max-tokens {st['max_tokens']}, --ctx "
                        f"{st['ctx']}, --parallel {st['parallel']}, {st['threads']} threads; one run each (the sweep first, "
-                       "with an empty cache). By hand, seconds per model: "
+                       "with an empty cache). The sweep's own account: "
+                       + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (fig["sweep"].get("work") or {}).items())
+                       + ". By hand, seconds per model: "
                        + ", ".join(f"{k} {v}" for k, v in hand["per_model"].items()) + ".")
         return s
 

@@ -118,7 +118,8 @@ def measure(s: argparse.Namespace, work: Path) -> dict[str, Any]:
     fig: dict[str, Any] = {"settings": {"ratios": list(s.ratios), "suites": list(s.suites), "langs": list(s.langs),
                                         "limit": s.limit, "max_tokens": s.max_tokens, "ctx": s.ctx,
                                         "parallel": s.parallel, "threads": s.threads, "outtype": s.outtype},
-                           "sweep": {"seconds": round(swept.seconds, 2), "peak_rss": swept.peak_rss, "ok": swept.ok}}
+                           "sweep": {"seconds": round(swept.seconds, 2), "peak_rss": swept.peak_rss,
+                                     "peak_anon": swept.peak_anon, "ok": swept.ok}}
     if not swept.ok:
         fig["failed"] = f"cvlocal sweep: exit {swept.returncode}: {swept.stderr_tail.strip().splitlines()[-1:]}"
         return fig
@@ -132,7 +133,8 @@ def measure(s: argparse.Namespace, work: Path) -> dict[str, Any]:
             fig["failed"] = f"by hand, {label}: exit {run.returncode}: {run.stderr_tail.strip().splitlines()[-1:]}"
             return fig
     by_hand = harness.chain(steps)
-    fig["by_hand"] = {"seconds": round(by_hand.seconds, 2), "peak_rss": by_hand.peak_rss, "per_model": per_model,
+    fig["by_hand"] = {"seconds": round(by_hand.seconds, 2), "peak_rss": by_hand.peak_rss, "peak_anon": by_hand.peak_anon,
+                      "per_model": per_model,
                       "processes": sum(len(c) for _, c in by_hand_commands(s, work))}
     fig["speedup"] = round(by_hand.seconds / swept.seconds, 3) if swept.seconds else None
     sweep_json = json.loads((work / "sweep" / "sweep.json").read_text(encoding="utf-8"))
