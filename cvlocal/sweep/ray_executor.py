@@ -83,7 +83,7 @@ def start_local(num_cpus: int | None = None, **kwargs: Any) -> Any:
     import logging
 
     return ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                    log_to_driver=False, logging_level=logging.WARNING, configure_logging=True, **kwargs)
+                    log_to_driver=False, logging_level=logging.ERROR, configure_logging=True, **kwargs)
 
 
 CONNECT_FIX = ("Start one (`ray start --head` on the head node, `ray start --address HEAD:6379` on the others) and "
