@@ -66,7 +66,7 @@ def adapter_path(task: PointTask) -> Path:
 
 
 def point_path(task: PointTask) -> Path:
-    return _models_dir(task) / f"point-{task.key}-{task.outtype}.gguf"
+    return _models_dir(task) / f"point-{task.model_key}-{task.outtype}.gguf"
 
 
 def _merge(task: PointTask, out: Path) -> None:

@@ -22,7 +22,8 @@ DEMO_LANG = "B"  # the demo's held-out prompts are all in its language B
 
 
 def eval_dir(task: PointTask) -> Path:
-    return Path(task.cache_dir) / "eval" / task.key
+    """Per-item caches of the point's model (shared by every sweep of it, whatever --limit or --suite)."""
+    return Path(task.cache_dir) / "eval" / task.model_key
 
 
 def _cell(value: Any, interval: Any, n: Any) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def _offline(task: PointTask, model: str, suites: list[str]) -> tuple[dict[str, 
                                              ctx=task.ctx),
         limit=task.limit, threads=task.threads, n_gpu_layers=task.n_gpu_layers,
         suites_dir=Path(task.suites_dir) if task.suites_dir else SUITES_DIR, quiet=task.quiet,
-        parallel=task.parallel, fingerprints={model: task.key})
+        parallel=task.parallel, fingerprints={model: task.model_key})
     eval_dir(task).parent.mkdir(parents=True, exist_ok=True)
     report = run_evaluation(request, write=False)
     entry = report["models"][0]

@@ -29,19 +29,24 @@ AUTO_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def metric_catalogue(suites: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """(suite, metric, higher is better) of every metric the suites report (counts left out)."""
-    from cvlocal.demo.scoring import MEASURES
+def metric_labels(suites: Sequence[str]) -> list[tuple[str, str, bool, str]]:
+    """(suite, metric, higher is better, label) of every metric the suites report (counts left out)."""
+    from cvlocal.demo.scoring import LABELS, MEASURES
     from cvlocal.evaluation.metrics import METRICS
 
     out = []
     for suite in suites:
         if suite == "demo":
-            out += [("demo", m, True) for m in MEASURES]
+            out += [("demo", m, True, LABELS[m]) for m in MEASURES]
         else:
-            out += [(m.suite, m.key, bool(m.higher_is_better)) for m in METRICS
+            out += [(m.suite, m.key, bool(m.higher_is_better), m.label) for m in METRICS
                     if m.suite == suite and m.stat != "count" and m.key != "judge_mean"]
     return out
+
+
+def metric_catalogue(suites: Sequence[str]) -> list[tuple[str, str, bool]]:
+    """(suite, metric, higher is better) of every metric the suites report."""
+    return [(s, k, h) for s, k, h, _ in metric_labels(suites)]
 
 
 def resolve_metric(name: str, suites: Sequence[str]) -> tuple[str, str, bool]:

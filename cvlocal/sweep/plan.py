@@ -92,8 +92,9 @@ def tasks_for(spec: SweepSpec) -> list[PointTask]:
 
 
 def sweep_identity(task: PointTask) -> dict[str, Any]:
-    """What makes two sweeps the same sweep (ratios left out: adding one continues a sweep)."""
-    identity = task.identity()
+    """What makes two sweeps the same sweep: the inputs and how points are built (ratios and what the
+    models are asked left out: adding a ratio, a suite or items continues a sweep)."""
+    identity = task.model_identity()
     for name in ("kind", "ratios", "version"):
         identity.pop(name, None)
     return identity

@@ -55,6 +55,9 @@ class PointTask:
 
     # what does not change the result: where it runs and how it is shown
     RUNTIME = ("cache_dir", "threads", "n_gpu_layers", "parallel", "keep", "quiet")
+    # what is asked of the model, not what the model is: the GGUF and the per-item caches are shared
+    # across these (a sweep with a larger --limit reuses every item answered before)
+    EVALUATION = ("suites", "langs", "limit", "seed", "samples", "max_tokens", "ctx")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -78,10 +81,19 @@ class PointTask:
                 data.pop(name, None)
         return data
 
+    def model_identity(self) -> dict[str, Any]:
+        """The fields that decide the point's model (its GGUF), whatever it is asked."""
+        return {k: v for k, v in self.identity().items() if k not in self.EVALUATION}
+
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """The point's result: its model and what it is asked."""
+        return _digest(self.identity())
+
+    @property
+    def model_key(self) -> str:
+        """The point's model: names its GGUF and its per-item evaluation caches."""
+        return _digest(self.model_identity())
 
     @property
     def label(self) -> str:
@@ -90,6 +102,11 @@ class PointTask:
         if self.kind == "chat":
             return "chat"
         return "r=" + ",".join(f"{r:g}" for r in self.ratios)
+
+
+def _digest(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def result_path(task: PointTask) -> Path:
@@ -135,6 +152,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
         discard_point_model(task, model)
     result = {
         "key": task.key,
+        "model_key": task.model_key,
         "kind": task.kind,
         "label": task.label,
         "ratios": list(task.ratios),

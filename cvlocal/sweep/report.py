@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cvlocal import ui
-from cvlocal.sweep.pick import metric_catalogue, pick, pooled
-from cvlocal.sweep.plan import sweep_identity
+from cvlocal.sweep.pick import metric_labels, pick, pooled
 
 FORMAT = "cvlocal-sweep"
 VERSION = 1
@@ -24,10 +23,10 @@ HOST_KEYS = ("timings", "work", "host")  # what a comparison of two runs of one 
 def _fmt(cell: dict[str, Any] | None) -> str:
     if not cell or cell.get("value") is None:
         return "–"
-    text = f"{cell['value']:.3f}"
+    text = f"{cell['value']:.2f}"
     if cell.get("interval"):
         lo, hi = cell["interval"]
-        text += f" [{lo:.2f}, {hi:.2f}]"
+        text += f" [{lo:.2f},{hi:.2f}]"
     return text
 
 
@@ -70,8 +69,7 @@ def build_report(sweep: Any, results: Sequence[dict[str, Any]]) -> dict[str, Any
     points = [r for r in results if r["kind"] == "point"]
     cp = next((r for r in results if r["kind"] == "cp"), None)
     choice = pick(sweep.pick, points, cp, list(task.suites))
-    identity = sweep_identity(task)
-    identity.pop("fingerprints", None)
+    identity = {k: v for k, v in task.identity().items() if k not in ("kind", "ratios", "version", "fingerprints")}
     work = {r["key"]: r["work"] for r in results}
     return {
         "format": FORMAT,
@@ -81,8 +79,9 @@ def build_report(sweep: Any, results: Sequence[dict[str, Any]]) -> dict[str, Any
                    "vectors": [Path(v).name for v in sweep.spec.vectors], "fingerprints": list(task.fingerprints)},
         "settings": identity,
         "ratios": [list(r) for r in sweep.spec.ratios],
-        "metrics": [{"suite": s, "metric": k, "higher_is_better": h} for s, k, h in metric_catalogue(task.suites)],
-        "points": [{k: r[k] for k in ("key", "kind", "label", "ratios", "metrics")} for r in results],
+        "metrics": [{"suite": s, "metric": k, "higher_is_better": h, "label": label}
+                    for s, k, h, label in metric_labels(task.suites)],
+        "points": [{k: r[k] for k in ("key", "model_key", "kind", "label", "ratios", "metrics")} for r in results],
         "pick": {"option": sweep.pick, **choice.as_dict()},
         "recommendation": {"ratios": choice.ratios, "commands": _commands(sweep, choice.ratios)},
         "work": {
@@ -105,14 +104,14 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in HOST_KEYS}
 
 
-def _columns(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    return [(m["suite"], m["metric"], m["higher_is_better"]) for m in report["metrics"]]
+def _rows(report: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
+    return [(m["suite"], m["metric"], m["higher_is_better"], m["label"]) for m in report["metrics"]]
 
 
 def _best(report: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """The best value of each metric among the ratio points (what sweep.md puts in bold)."""
+    """The best value of each metric among the ratio points (what the tables put in bold)."""
     best: dict[tuple[str, str], float] = {}
-    for suite, key, higher in _columns(report):
+    for suite, key, higher, _ in _rows(report):
         values = [c["value"] for p in report["points"] if p["kind"] == "point"
                   for c in [pooled(p["metrics"], suite).get(key)] if c and c.get("value") is not None]
         if values:
@@ -120,31 +119,44 @@ def _best(report: dict[str, Any]) -> dict[tuple[str, str], float]:
     return best
 
 
-def markdown(report: dict[str, Any]) -> str:
-    cols = _columns(report)
+def table_cells(report: dict[str, Any]) -> list[tuple[str, list[tuple[str, bool]]]]:
+    """One row per metric (``suite: label``), one cell per point (references first): text, is best.
+    Metrics as rows: a sweep has a handful of points and may have a dozen metrics."""
     best = _best(report)
+    rows = []
+    for suite, key, _, label in _rows(report):
+        cells = []
+        for p in report["points"]:
+            cell = pooled(p["metrics"], suite).get(key)
+            is_best = p["kind"] == "point" and bool(cell) and cell.get("value") is not None \
+                and cell["value"] == best.get((suite, key))
+            cells.append((_fmt(cell), is_best))
+        rows.append((f"{suite}: {label}", cells))
+    return rows
+
+
+def _recommendation_lines(report: dict[str, Any]) -> list[str]:
+    rec = report["recommendation"]
+    if rec["ratios"] is None:
+        return ["No ratio recommended."]
+    lines = [f"Recommended ratio: {_ratio_text(rec['ratios'])}", "", rec["commands"]["merge"]]
+    if "adapter" in rec["commands"]:
+        lines += ["", "As an adapter (no merge):", *rec["commands"]["adapter"]]
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    heads = [p["label"] for p in report["points"]]
     lines = [f"# Sweep of {report['inputs']['cp']}", "",
              f"via {report['settings']['via']}, {report['settings']['outtype']}; value [95% interval]; "
-             "best ratio point per metric in bold.", "",
-             "| point | " + " | ".join(f"{s}: {k}" for s, k, _ in cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    for p in report["points"]:
-        cells = []
-        for suite, key, _ in cols:
-            cell = pooled(p["metrics"], suite).get(key)
-            text = _fmt(cell)
-            if p["kind"] == "point" and cell and cell.get("value") == best.get((suite, key)):
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append(f"| {p['label']} | " + " | ".join(cells) + " |")
-    rec = report["recommendation"]
-    lines += ["", f"Pick: {report['pick']['rule']}.", ""]
-    if rec["ratios"] is not None:
-        lines += [f"Recommended ratio: **{_ratio_text(rec['ratios'])}**", "", "```", rec["commands"]["merge"], "```"]
-        if "adapter" in rec["commands"]:
-            lines += ["", "As an adapter (no merge):", "", "```", *rec["commands"]["adapter"], "```"]
-    else:
-        lines.append("No ratio recommended.")
+             "the best ratio point of each metric in bold.", "",
+             "| metric | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for name, cells in table_cells(report):
+        lines.append(f"| {name} | " + " | ".join(f"**{t}**" if b else t for t, b in cells) + " |")
+    rec = _recommendation_lines(report)
+    lines += ["", f"Pick: {report['pick']['rule']}.", "", rec[0]]
+    if len(rec) > 1:
+        lines += ["", "```", *[line for line in rec[2:] if line and not line.startswith("As an")], "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -168,30 +180,18 @@ def show_report(report: dict[str, Any], out: Path, *, quiet: bool) -> None:
 
     from cvlocal.sweep.plot import text_plot
 
-    cols = _columns(report)
-    best = _best(report)
-    table = Table(title=f"sweep of {report['inputs']['cp']} (value [95% interval])")
-    table.add_column("point")
-    for suite, key, _ in cols:
-        table.add_column(f"{suite}\n{key}", justify="right")
+    table = Table(title=f"sweep of {report['inputs']['cp']}: value [95% interval], best ratio point in bold")
+    table.add_column("metric")
     for p in report["points"]:
-        row = []
-        for suite, key, _ in cols:
-            cell = pooled(p["metrics"], suite).get(key)
-            text = _fmt(cell)
-            bold = p["kind"] == "point" and cell and cell.get("value") == best.get((suite, key))
-            row.append(f"[bold]{text}[/bold]" if bold else text)
-        table.add_row(p["label"], *row)
+        table.add_column(p["label"], justify="right")
+    for name, cells in table_cells(report):
+        table.add_row(name, *[f"[bold]{t}[/bold]" if b else t for t, b in cells])
     ui.stderr.print(table)
     ui.stderr.print(text_plot(report), markup=False, highlight=False)
-    rec = report["recommendation"]
     ui.stderr.print(f"pick: {report['pick']['rule']}", markup=False)
-    if rec["ratios"] is not None:
-        ui.stderr.print(f"recommended ratio: {_ratio_text(rec['ratios'])}\n  {rec['commands']['merge']}", markup=False)
-        for line in rec["commands"].get("adapter", []):
-            ui.stderr.print(f"  {line}", markup=False)
-    else:
-        ui.stderr.print("no ratio recommended", markup=False)
+    for line in _recommendation_lines(report):
+        if line:
+            ui.stderr.print(("  " if line.startswith(("cvlocal", "llama")) else "") + line, markup=False)
     work = report["work"]
     ui.stderr.print(f"{work['points_run']} point(s) run, {work['points_cached']} from the cache; "
                     f"{ui.human_bytes(work['bytes_written'])} written, {work['model_loads']} model load(s), "
