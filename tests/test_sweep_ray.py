@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +65,14 @@ def local_ray():
     saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS")}
     if ray.is_initialized():
         ray.shutdown()
-    ray_executor.start_local(num_cpus=2)
+    # Ray's session files (logs, sockets) in a folder of the test's own, short enough for socket paths
+    temp = tempfile.mkdtemp(prefix="cvray")
+    ray_executor.start_local(num_cpus=2, _temp_dir=temp)
     try:
         yield ray
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
