@@ -57,7 +57,7 @@ def test_sweep_with_ray_and_no_cluster_is_one_line(tiny_family, tmp_path, capfd)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "no Ray cluster reachable at '127.0.0.1:1'" in lines[0] and "ray start --head" in lines[0]
     assert not ray.is_initialized() and time.monotonic() - started < 60
-    assert not (tmp_path / "out" / "sweep.json").exists()
+    assert not (tmp_path / "out").exists(), "the refused sweep left files behind"
 
 
 @pytest.fixture(scope="module")

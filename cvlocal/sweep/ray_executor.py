@@ -290,6 +290,20 @@ class RayExecutor:
         self.function = function
         self.check = check
         self.nodes_checked = 0
+        self._connected = False
+        self._owned = False
+
+    def open(self) -> None:
+        """Connect now (the command calls it before it writes anything, so no cluster means no files)."""
+        if not self._connected:
+            self._owned = connect(self.address)
+            self._connected = True
+
+    def close(self) -> None:
+        """Disconnect if ``open`` made the connection (a local instance of ``--ray local`` stops)."""
+        if self._connected and self._owned:
+            import_ray().shutdown()
+        self._connected = self._owned = False
 
     def prepare(self, task: Any) -> Any:
         """The task as a worker runs it: its thread count fixed, so the declared CPUs are what it uses."""
@@ -298,11 +312,11 @@ class RayExecutor:
         return task
 
     def run(self, tasks: Sequence["PointTask"], on_result: OnResult) -> None:
-        if not tasks:
-            return
-        owned = connect(self.address)
+        self.open()
         ray = import_ray()
         try:
+            if not tasks:
+                return
             prepared = [self.prepare(t) for t in tasks]
             if self.check:
                 caches = list(dict.fromkeys(str(getattr(t, "cache_dir", "")) for t in prepared if getattr(t, "cache_dir", "")))
@@ -312,8 +326,7 @@ class RayExecutor:
                         self.nodes_checked = check_workers(paths, cache)
             self._gather(ray, tasks, prepared, on_result)
         finally:
-            if owned:
-                ray.shutdown()
+            self.close()
 
     def _gather(self, ray: Any, tasks: Sequence[Any], prepared: Sequence[Any], on_result: OnResult) -> None:
         """Submit every point, then hand each result to ``on_result`` in this process as it finishes."""
