@@ -44,7 +44,7 @@ llama-wheel: $(WHEELS)/.built
 $(VENV)/.installed: $(VENV)/.created $(WHEELS)/.built pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
 	$(PIP) install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[server,dev]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[server,dev,cluster]'
 	touch $@
 
 setup: $(VENV)/.installed

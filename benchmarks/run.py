@@ -25,6 +25,10 @@ each run. Sections (``--only``):
   (``imatrix_parity.py``, ``llama_tools.py``; a tiny model, whatever ``--size``), and the matrix
   computation rate (tokens/s) of both tools on the same GGUF, tiny and (unless ``--size tiny``) the
   size's chat model.
+* ``sweep``: ``cvlocal sweep`` over five ratios on the demo models (``assets/demo``, whatever ``--size``)
+  against the same seven GGUFs and evaluations done by hand, one ``cvlocal merge -o x.gguf`` (or
+  ``convert`` for the CP and chat references) and one ``cvlocal eval`` per model; wall time and
+  whether every number in ``sweep.json`` equals the ``cvlocal eval`` one (``sweep.py``).
 * ``imatrix_kl``: ``imatrix_kl.py`` (KL against f16 by language, matrices on different languages) on
   the demo recipe trained at hidden 256 once into the cache (~17 min); the shipped demo CP at tiny.
 * ``adapter``: ``cvlocal extract BASE CHAT -o x.gguf`` (the chat vector as a GGUF LoRA adapter) at rank 64
@@ -64,7 +68,7 @@ from benchmarks import compare, harness, scaling, synthetic  # noqa: E402
 from benchmarks.peers import Peers, Unavailable  # noqa: E402
 
 SECTIONS = ("merge", "convert", "e2e", "equality", "chat", "eval", "batched", "release", "imatrix", "adapter", "imatrix_kl",
-            "scaling")
+            "sweep", "scaling")
 UNTIMED = ("equality", "imatrix", "imatrix_kl")  # sections of comparisons, not of timings
 MB = 1e6
 GB = 1e9
@@ -886,6 +890,57 @@ class Bench:
                 s.notes.append(f"{label}: time = {f['startup_seconds']:.1f} s + {f['seconds_per_gb']:.2f} s/GB (R² {f['r2']:.4f}).")
         s.notes.append("Sizes: " + "; ".join(scaling.shape_line(z) for z in sizes) + ".")
         s.notes.append(f"Table, fits and plot: {out / 'SCALING.md'}, {out / 'scaling.png'}.")
+        return s
+
+    def section_sweep(self) -> Section:
+        """Issue 17: a five-point sweep against the same merges and evals run one by one (sweep.py)."""
+        from benchmarks import sweep
+
+        s = Section("sweep", "Sweep: five ratios on the demo models, one command against merge + eval by hand")
+        s.relative_to = "cvlocal sweep"
+        s.columns = [("processes", "processes"), ("numbers equal to cvlocal eval", "numbers")]
+        goals = (f"cvlocal sweep at least {sweep.TARGET}x faster than the same work by hand",
+                 "every number in sweep.json equal to cvlocal eval's")
+        if not self.has("sweep"):
+            s.rows.append(Row("cvlocal sweep", "not available", "`cvlocal sweep` does not exist yet"))
+            s.targets += [Target(g, "not measured", None) for g in goals]
+            return s
+        settings = sweep.parse_args(["--limit", str(self.args.eval_limit), "--max-tokens", str(self.args.chat_tokens),
+                                     "--threads", str(self.threads), "--timeout", str(self.args.timeout)])
+        self.log(f"sweep: ratios {','.join(map(repr, settings.ratios))} on assets/demo, then the same by hand")
+        fig = sweep.measure(settings, self.fresh("sweep", "work"))
+        mine = Row("cvlocal sweep", seconds=fig["sweep"]["seconds"], peak_rss=fig["sweep"]["peak_rss"],
+                   peak_anon=fig["sweep"]["peak_anon"], runs=[{"seconds": fig["sweep"]["seconds"]}])
+        mine.metrics = {"processes": 1}
+        s.rows.append(mine)
+        if "failed" in fig:
+            if not fig["sweep"]["ok"]:
+                mine.status, mine.reason = "failed", fig["failed"][:300]
+            else:
+                s.rows.append(Row("by hand: convert|merge + eval per model", "failed", fig["failed"][:300]))
+            s.targets += [Target(g, "not measured", None) for g in goals]
+            return s
+        hand = fig["by_hand"]
+        theirs = Row("by hand: convert|merge + eval per model", seconds=hand["seconds"], peak_rss=hand["peak_rss"],
+                     peak_anon=hand["peak_anon"], runs=[{"seconds": hand["seconds"], "per_model": hand["per_model"]}])
+        theirs.metrics = {"processes": hand["processes"]}
+        s.rows.append(theirs)
+        numbers = fig["numbers"]
+        mine.metrics["numbers"] = f"{numbers['compared'] - len(numbers['differ'])}/{numbers['compared']}"
+        mine.runs[0]["work"] = fig["sweep"].get("work")
+        s.targets.append(ratio_target(goals[0], theirs, mine, at_least=sweep.TARGET))
+        s.targets.append(Target(goals[1], f"{numbers['compared'] - len(numbers['differ'])}/{numbers['compared']} equal"
+                                + (f" (first: {numbers['differ'][0]})" if numbers["differ"] else ""),
+                                numbers["compared"] > 0 and not numbers["differ"]))
+        st = fig["settings"]
+        s.notes.append(f"Demo models (assets/demo), ratios {', '.join(f'{r:g}' for r in st['ratios'])} plus the CP and chat "
+                       f"references on both sides (7 GGUFs at {st['outtype']}, 7 evaluations), suites {', '.join(st['suites'])}, "
+                       f"languages {', '.join(st['langs'])}, --limit {st['limit']}, --max-tokens {st['max_tokens']}, --ctx "
+                       f"{st['ctx']}, --parallel {st['parallel']}, {st['threads']} threads; one run each (the sweep first, "
+                       "with an empty cache). The sweep's own account: "
+                       + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (fig["sweep"].get("work") or {}).items())
+                       + ". By hand, seconds per model: "
+                       + ", ".join(f"{k} {v}" for k, v in hand["per_model"].items()) + ".")
         return s
 
     def section_imatrix(self) -> Section:

@@ -87,4 +87,6 @@ def _executor(args: argparse.Namespace):
         from cvlocal.errors import UsageError
 
         raise UsageError("--ray needs Ray", fix="Install the cluster extra: pip install 'cvlocal[cluster]'.") from None
-    return RayExecutor(None if args.ray == "auto" else args.ray)
+    executor = RayExecutor(None if args.ray == "auto" else args.ray)
+    executor.open()  # before anything is written: no cluster, no files
+    return executor
