@@ -643,7 +643,8 @@ class Bench:
                            f"{batched._range(vs_bare)}x the bare loop (median of the per-round ratios, lowest to highest); "
                            f"greedy replies identical to --parallel 1: {g['same']}/{g['outputs']}, seeded toxicity samples "
                            f"{fig['identical_sampled']['same']}/{fig['identical_sampled']['outputs']}"
-                           + ("" if fig["same_records_every_round"] else "; cvlocal's records changed between rounds") + ".")
+                           + (f"; records that changed between rounds: {', '.join(fig['records_changed_between_rounds'])}"
+                              if fig["records_changed_between_rounds"] else "") + ".")
         serve_type = BATCHED_TYPES[0]
         self.log(f"batched: serve --parallel {n} against llama-cpp-python's server at {serve_type}, {repeats} rounds each")
         served = batched.bench_serve(batched.build_gguf(self.size, serve_type, self.cache), n, self.threads, 2048, tokens,
@@ -666,7 +667,7 @@ class Bench:
                                 mine["failed"] == 0))
         s.targets.append(Target(f"cvlocal serve --parallel {n}: no stream waits for another request to finish before its first token "
                                 "(in every round the latest first token comes before the earliest finished request)",
-                                f"{mine['waits']} of {repeats} rounds with a wait; latest TTFT {mine['ttft_max']} s, "
+                                f"{mine['waits']} of {repeats} rounds with a wait; closest round: latest TTFT {mine['ttft_max']} s, "
                                 f"earliest finish {mine['latency_min']} s", mine["failed"] == 0 and mine["waits"] == 0))
         s.notes.append(f"Synthetic chat model `{self.size}` (random weights: every reply runs to its limit), cvlocal's own converter; "
                        f"{len(items)} eval items (`--limit {limit}`, en and zh-Hant, the four suites, 2 toxicity samples), at most "
