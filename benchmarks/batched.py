@@ -15,7 +15,13 @@ are generated three ways, in one process, one after the other, model load exclud
 With ``--serve TYPE``: 8 concurrent streaming ``openai`` clients against ``cvlocal serve --parallel
 N`` and against llama-cpp-python's own server (``interrupt_requests`` off, so it completes every
 request) on the same GGUF: aggregate streamed chunks per second (about one per token), time to
-first token and latency (p50, p95), failed requests.
+first token and latency (p50, p95), failed requests, and the share of greedy replies the two
+servers give identically.
+
+Every comparison runs ``--repeats`` rounds (default 3) taking turns (eval: parallel N, parallel 1,
+bare, then again; server: ours, theirs, ours, theirs, ...); rows are medians with the lowest and
+highest run, ratios the medians of the per-round ratios: on a shared machine the load moves single
+runs, and one busy minute must not decide a ratio.
 
 Figures: wall seconds, items per minute, generated tokens per second, and the share of outputs of
 ``parallel N`` identical to ``parallel 1`` (greedy chat replies and seeded samples apart). The GGUFs
@@ -126,25 +132,54 @@ def identical_share(a: dict[str, dict], b: dict[str, dict], suites: tuple[str, .
     return same, total
 
 
-def bench_type(path: Path, items: list, settings: Any, parallel: int, threads: int | None) -> dict[str, Any]:
-    batched = run_cvlocal(path, items, settings, parallel, threads)
-    single = run_cvlocal(path, items, settings, 1, threads)
-    bare = run_bare(path, items, settings, threads)
-    greedy = identical_share(single["records"], batched["records"], ("safety", "instructions", "dialogue"))
-    sampled = identical_share(single["records"], batched["records"], ("toxicity",))
+def spread(values: list[float], digits: int = 3) -> dict[str, float]:
+    """Median, lowest and highest of repeated figures (the spread says how much load moved them)."""
+    import statistics
+
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
+
+
+def bench_type(path: Path, items: list, settings: Any, parallel: int, threads: int | None,
+               repeats: int = 3) -> dict[str, Any]:
+    """``repeats`` rounds of ``--parallel N``, ``--parallel 1`` and the bare loop, taking turns.
+
+    Each round runs the three one after the other, so a ratio within a round compares runs minutes
+    apart; the reported ratios are the medians of the per-round ratios, with their spread, and each
+    row's rate the median of its runs. Load that comes and goes on a shared machine then moves a
+    round's three runs together or one round only, not the whole figure.
+    """
+    names = (f"parallel {parallel}", "parallel 1", "bare llama-cpp-python")
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for _ in range(repeats):
+        rounds.append({names[0]: run_cvlocal(path, items, settings, parallel, threads),
+                       names[1]: run_cvlocal(path, items, settings, 1, threads),
+                       names[2]: run_bare(path, items, settings, threads)})
+    first = rounds[0]
+    greedy = identical_share(first[names[1]]["records"], first[names[0]]["records"], ("safety", "instructions", "dialogue"))
+    sampled = identical_share(first[names[1]]["records"], first[names[0]]["records"], ("toxicity",))
+    # cvlocal's outputs should not change between rounds (seeded, greedy); at k-quants the batched ones
+    # can, since which sequences share a batch depends on timing and the kernels' rounding on the batch
+    changed = [name for name in names[:2] if any(len(set(identical_share(first[name]["records"], r[name]["records"],
+                                                                         SUITES))) > 1 for r in rounds[1:])]
     n = len(items)
 
-    def row(run: dict[str, Any]) -> dict[str, Any]:
-        return {"seconds": round(run["seconds"], 3), "items_per_minute": round(60 * n / run["seconds"], 2),
-                "tokens": run["tokens"], "tokens_per_second": round(run["tokens"] / run["seconds"], 1)}
+    def row(name: str) -> dict[str, Any]:
+        seconds = [r[name]["seconds"] for r in rounds]
+        rates = [r[name]["tokens"] / r[name]["seconds"] for r in rounds]
+        middle = spread(seconds)["median"]
+        return {"seconds": middle, "runs": [round(x, 3) for x in seconds], "items_per_minute": round(60 * n / middle, 2),
+                "tokens": rounds[0][name]["tokens"], "tokens_per_second": spread(rates, 1)}
 
-    rows = {f"parallel {parallel}": row(batched), "parallel 1": row(single), "bare llama-cpp-python": row(bare)}
+    def ratio(slow: str) -> dict[str, float]:
+        return spread([r[slow]["seconds"] / r[names[0]]["seconds"] for r in rounds], 2)
+
     return {
-        "gguf": str(path), "items": n, "rows": rows,
-        "speedup_vs_parallel_1": round(single["seconds"] / batched["seconds"], 2),
-        "speedup_vs_bare": round(bare["seconds"] / batched["seconds"], 2),
+        "gguf": str(path), "items": n, "repeats": repeats, "rows": {name: row(name) for name in names},
+        "speedup_vs_parallel_1": ratio(names[1]), "speedup_vs_bare": ratio(names[2]),
         "identical_greedy": {"same": greedy[0], "outputs": greedy[1]},
         "identical_sampled": {"same": sampled[0], "outputs": sampled[1]},
+        "records_changed_between_rounds": changed,
     }
 
 
@@ -180,6 +215,7 @@ def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
     import threading
 
     results: list[tuple[float, float, int]] = []
+    replies: dict[str, str] = {}
     failed: list[str] = []
     barrier = threading.Barrier(len(SERVE_QUESTIONS))
 
@@ -187,13 +223,15 @@ def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
         try:
             barrier.wait()
             t0 = time.perf_counter()
-            first, n = None, 0
+            first, n, parts = None, 0, []
             for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                                          max_tokens=max_tokens, temperature=0.0, stream=True):
                 if chunk.choices and chunk.choices[0].delta.content:
                     first = first or time.perf_counter() - t0
                     n += 1
+                    parts.append(chunk.choices[0].delta.content)
             results.append((first or 0.0, time.perf_counter() - t0, n))
+            replies[question] = "".join(parts).strip()
         except Exception as err:  # noqa: BLE001  (counted as a failed request)
             failed.append(str(err))
 
@@ -215,11 +253,21 @@ def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
             "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95), "latency_p50": pct(latency, 0.5),
             "latency_p95": pct(latency, 0.95), "failed": len(failed),
             "ttft_max": round(max(ttft), 3) if ttft else None, "latency_min": round(min(latency), 3) if latency else None,
-            "ttft_median_all": round(statistics.median(ttft), 3) if ttft else None}
+            "ttft_median_all": round(statistics.median(ttft), 3) if ttft else None, "replies": replies}
 
 
-def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_tokens: int) -> dict[str, Any]:
-    """``cvlocal serve --parallel N`` against llama-cpp-python's server (interrupt_requests off), same GGUF."""
+def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_tokens: int,
+                repeats: int = 3) -> dict[str, Any]:
+    """``cvlocal serve --parallel N`` against llama-cpp-python's server (interrupt_requests off), same GGUF.
+
+    Both servers are started (and loaded) first; then ``repeats`` rounds of 8 concurrent clients
+    alternate between them (ours, theirs, ours, theirs, ...), so a busy minute on the shared machine
+    falls on one round of one server, not on the whole comparison. Per server: the medians over the
+    rounds (aggregate rate with its lowest and highest, time to first token and latency p50/p95),
+    failed requests over all rounds, the worst round's latest first token against its earliest
+    finish; the ratio is the median of the per-round ratios; the identical-reply share compares
+    the two servers' greedy replies to the same questions (first round).
+    """
     import socket
 
     def port() -> int:
@@ -228,7 +276,6 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
             return s.getsockname()[1]
 
     thread_args = ["--threads", str(threads)] if threads else []
-    out = {}
     p = port()
     mine = [sys.executable, "-m", "cvlocal", "serve", str(path), "--port", str(p), "--ctx", str(ctx), "--parallel",
             str(parallel), "--quiet", *thread_args]
@@ -237,37 +284,76 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
               "--interrupt_requests", "False", "--model_alias", path.stem]
     if threads:
         theirs += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
-    for name, command, at in ((f"cvlocal serve --parallel {parallel}", mine, p), ("llama-cpp-python server", theirs, q)):
-        proc, client = start_server(command, at)
-        try:
-            out[name] = _clients(client, path.stem, max_tokens)
-        finally:
+    names = (f"cvlocal serve --parallel {parallel}", "llama-cpp-python server")
+    procs, clients = [], {}
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    try:
+        for name, command, at in ((names[0], mine, p), (names[1], theirs, q)):
+            proc, clients[name] = start_server(command, at)
+            procs.append(proc)
+        for _ in range(repeats):
+            for name in names:
+                rounds[name].append(_clients(clients[name], path.stem, max_tokens))
+    finally:
+        for proc in procs:
             proc.terminate()
+        for proc in procs:
             proc.wait(timeout=30)
-    return out
+    out: dict[str, Any] = {}
+    for name in names:
+        runs = rounds[name]
+        out[name] = {
+            "rounds": len(runs), "wall_seconds": spread([r["wall_seconds"] for r in runs])["median"],
+            "runs": [r["wall_seconds"] for r in runs],
+            "aggregate_chunks_per_second": spread([r["aggregate_chunks_per_second"] for r in runs], 1),
+            **{k: spread([r[k] for r in runs])["median"] for k in ("ttft_p50", "ttft_p95", "latency_p50", "latency_p95")},
+            "failed": sum(r["failed"] for r in runs),
+            "waits": sum(1 for r in runs if r["ttft_max"] is None or r["ttft_max"] >= r["latency_min"]),
+        }
+        # the round closest to a wait: its latest first token and its earliest finished request
+        tight = min(runs, key=lambda r: (r["latency_min"] or 0.0) - (r["ttft_max"] or 0.0))
+        out[name].update(ttft_max=tight["ttft_max"], latency_min=tight["latency_min"])
+    ratios = [a["aggregate_chunks_per_second"] / b["aggregate_chunks_per_second"]
+              for a, b in zip(rounds[names[0]], rounds[names[1]]) if b["aggregate_chunks_per_second"]]
+    first_mine, first_theirs = rounds[names[0]][0]["replies"], rounds[names[1]][0]["replies"]
+    same = sum(1 for question, text in first_mine.items() if first_theirs.get(question) == text)
+    return {"servers": out, "ratio": spread(ratios, 2) if ratios else None,
+            "identical_replies": {"same": same, "outputs": len(SERVE_QUESTIONS)}, "repeats": repeats}
+
+
+def _range(figure: dict[str, float]) -> str:
+    """``median (min to max)``."""
+    return f"{figure['median']} ({figure['min']} to {figure['max']})"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Batched eval generation ({result['size']}, {result['parallel']} sequences, "
-             f"{result['threads'] or 'default'} threads, max tokens {result['max_tokens'] or 'per suite'})", "",
-             "| type | run | seconds | items/min | generated tok/s | identical to parallel 1 |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]
+             f"{result['threads'] or 'default'} threads, max tokens {result['max_tokens'] or 'per suite'}, "
+             f"medians of {result['repeats']} alternating rounds, lowest to highest in brackets)", "",
+             "| type | run | seconds (median) | runs (s) | items/min | generated tok/s | identical to parallel 1 |",
+             "| --- | --- | ---: | --- | ---: | ---: | --- |"]
     for outtype, r in result["types"].items():
         g, s = r["identical_greedy"], r["identical_sampled"]
         for name, row in r["rows"].items():
             same = (f"greedy {g['same']}/{g['outputs']}, sampled {s['same']}/{s['outputs']}"
                     if name.startswith("parallel") and name != "parallel 1" else "")
-            lines.append(f"| {outtype} | {name} | {row['seconds']} | {row['items_per_minute']} | "
-                         f"{row['tokens_per_second']} | {same} |")
-        lines.append(f"| {outtype} | speed-up | x{r['speedup_vs_parallel_1']} vs parallel 1 | "
-                     f"x{r['speedup_vs_bare']} vs bare | | |")
+            lines.append(f"| {outtype} | {name} | {row['seconds']} | {', '.join(map(str, row['runs']))} | "
+                         f"{row['items_per_minute']} | {_range(row['tokens_per_second'])} | {same} |")
+        lines.append(f"| {outtype} | speed-up (median of per-round ratios) | x{_range(r['speedup_vs_parallel_1'])} vs "
+                     f"parallel 1 | x{_range(r['speedup_vs_bare'])} vs bare | | | |")
     if result.get("serve"):
-        lines += ["", f"## Server: {len(SERVE_QUESTIONS)} concurrent streaming clients ({result['serve_type']})", "",
-                  "| server | wall s | chunks/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 | failed |",
+        serve = result["serve"]
+        lines += ["", f"## Server: {len(SERVE_QUESTIONS)} concurrent streaming clients ({result['serve_type']}, "
+                      f"{serve['repeats']} rounds each, alternating)", "",
+                  "| server | wall s (median) | chunks/s | TTFT p50 | TTFT p95 | latency p50 | latency p95 | failed |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for name, r in result["serve"].items():
-            lines.append(f"| {name} | {r['wall_seconds']} | {r['aggregate_chunks_per_second']} | {r['ttft_p50']} | "
+        for name, r in serve["servers"].items():
+            lines.append(f"| {name} | {r['wall_seconds']} | {_range(r['aggregate_chunks_per_second'])} | {r['ttft_p50']} | "
                          f"{r['ttft_p95']} | {r['latency_p50']} | {r['latency_p95']} | {r['failed']} |")
+        same = serve["identical_replies"]
+        ratio = _range(serve["ratio"]) if serve["ratio"] else "n/a"
+        lines += ["", f"Aggregate ratio (median of per-round ratios): x{ratio}; greedy replies identical between the "
+                      f"two servers: {same['same']}/{same['outputs']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -289,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--serve", default=None, metavar="TYPE", help="also the server comparison on this GGUF type")
     p.add_argument("--no-eval", action="store_true", help="only the server comparison")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds per comparison; medians reported (default 3)")
     args = p.parse_args(argv)
     cache = args.cache or synthetic.default_cache()
     suite_items = load_suites(list(SUITES), args.langs.split(","), SUITES_DIR, args.limit)
@@ -296,16 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = GenerationSettings.create(samples=args.samples, max_tokens=args.max_tokens or None, seed=0,
                                          ctx=args.ctx)
     result: dict[str, Any] = {"size": args.size, "parallel": args.parallel, "threads": args.threads,
-                              "max_tokens": args.max_tokens, "limit": args.limit, "langs": args.langs, "types": {}}
+                              "max_tokens": args.max_tokens, "limit": args.limit, "langs": args.langs,
+                              "repeats": args.repeats, "types": {}}
     for outtype in [] if args.no_eval else args.types.split(","):
         path = build_gguf(args.size, outtype, cache)
         print(f"{outtype}: {len(items)} items on {path}", file=sys.stderr)
-        result["types"][outtype] = bench_type(path, items, settings, args.parallel, args.threads)
+        result["types"][outtype] = bench_type(path, items, settings, args.parallel, args.threads, args.repeats)
     if args.serve:
         path = build_gguf(args.size, args.serve, cache)
         print(f"server: {path}", file=sys.stderr)
         result["serve_type"] = args.serve
-        result["serve"] = bench_serve(path, args.parallel, args.threads, args.ctx, args.max_tokens or 64)
+        result["serve"] = bench_serve(path, args.parallel, args.threads, args.ctx, args.max_tokens or 64,
+                                      args.repeats)
     out = args.out or cache / "results" / args.size
     out.mkdir(parents=True, exist_ok=True)
     (out / "batched.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -10,6 +10,11 @@ strings, rendered with the same chat template as ``cvlocal chat`` and the one-re
 The request and response bodies are OpenAI's (``/v1/chat/completions`` and ``/v1/completions``,
 with ``stream`` as server-sent events ending in ``data: [DONE]``; ``/v1/models``); defaults of the
 sampling fields are llama-cpp-python's server's.
+
+With ``--adapter FILE[:RATIO]`` the decoder's context carries the adapters, and llama-server's
+``"lora"`` request field and ``/lora-adapters`` endpoints work as on the one-request server
+(:mod:`cvlocal.chat.server_lora`); requests with other scales than the running ones wait for them
+to finish (one context has one set of scales), requests with the same scales are decoded together.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from starlette.requests import Request  # at module level: FastAPI reads the endpoints' annotations from here
 
@@ -62,11 +67,13 @@ class BatchedServer:
 
     def __init__(self, model_path: Path, *, parallel: int, ctx: int = 4096, threads: int | None = None,
                  n_gpu_layers: int = 0, chat_format: str | None = None, seed: int = 0,
-                 model_alias: str | None = None) -> None:
+                 model_alias: str | None = None, adapters: Sequence[Any] = ()) -> None:
+        from cvlocal.chat.server_lora import ServerAdapters
         from cvlocal.llama.model import Model
         from cvlocal.llama.shared import SharedLlama
 
-        self.model = Model(model_path, n_gpu_layers=n_gpu_layers)
+        self.model = Model(model_path, n_gpu_layers=n_gpu_layers, adapters=adapters)
+        self.lora = ServerAdapters(self.model.adapter_paths, self.model.adapter_scales) if adapters else None
         try:
             self.llm = SharedLlama(self.model, n_seq=parallel, n_ctx=ctx, threads=threads)
         except BaseException:
@@ -118,10 +125,12 @@ class BatchedServer:
         except (TypeError, ValueError) as err:
             raise BadRequest(f"a sampling field has the wrong type ({err})") from None
         return {"tokens": tokens, "sampling": sampling, "max_tokens": min(limit, room), "stop_ids": stop_ids,
-                "stop_texts": stop_texts + _stops(body), "strip_leading": chat}
+                "stop_texts": stop_texts + _stops(body), "strip_leading": chat,
+                "scales": self.lora.scales_now() if self.lora is not None else None}
 
     def generate(self, job: dict[str, Any], on_text: Callable[[str], None] | None = None,
                  interrupt: Interrupt | None = None) -> Generated:
+        self.llm.set_adapter_scales(job.get("scales"))  # this worker thread's request
         return generate_text(self.llm, job["tokens"], sampling=job["sampling"], max_tokens=job["max_tokens"],
                              stop_ids=job["stop_ids"], stop_texts=job["stop_texts"], on_text=on_text,
                              strip_leading=job["strip_leading"], interrupt=interrupt)
@@ -187,13 +196,17 @@ class BatchedServer:
 
 def build_batched_app(model_path: Path, *, parallel: int, ctx: int = 4096, threads: int | None = None,
                       n_gpu_layers: int = 0, chat_format: str | None = None, seed: int = 0,
-                      model_alias: str | None = None, api_key: str | None = None) -> Any:
-    """The FastAPI app; ``app.state.engine`` is the :class:`BatchedServer` (closed on shutdown)."""
+                      model_alias: str | None = None, api_key: str | None = None,
+                      adapters: Sequence[Any] = ()) -> Any:
+    """The FastAPI app; ``app.state.engine`` is the :class:`BatchedServer` (closed on shutdown).
+
+    With ``adapters`` (``AdapterSpec``) it is wrapped in :class:`cvlocal.chat.server_lora.LoraMiddleware`.
+    """
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
     engine = BatchedServer(model_path, parallel=parallel, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers,
-                           chat_format=chat_format, seed=seed, model_alias=model_alias)
+                           chat_format=chat_format, seed=seed, model_alias=model_alias, adapters=adapters)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -242,4 +255,8 @@ def build_batched_app(model_path: Path, *, parallel: int, ctx: int = 4096, threa
         return {"object": "list", "data": [{"id": engine.alias, "object": "model", "owned_by": "me",
                                             "created": engine.created, "permissions": []}]}
 
-    return app
+    if engine.lora is None:
+        return app
+    from cvlocal.chat.server_lora import LoraMiddleware
+
+    return LoraMiddleware(app, engine.lora)

@@ -27,6 +27,8 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ValidationError
 
+from cvlocal.llama.server_app import client_error_formatters, request_schemas
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -46,27 +48,6 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
     """An OpenAI-style error object, serialized."""
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}},
                       ensure_ascii=False).encode("utf-8")
-
-
-def request_schemas() -> dict[str, type[BaseModel]]:
-    """Path -> the pydantic model of llama-cpp-python's server for that endpoint's JSON body."""
-    from llama_cpp.server.types import (
-        CreateChatCompletionRequest,
-        CreateCompletionRequest,
-        CreateEmbeddingRequest,
-        DetokenizeInputRequest,
-        TokenizeInputRequest,
-    )
-
-    return {
-        "/v1/chat/completions": CreateChatCompletionRequest,
-        "/v1/completions": CreateCompletionRequest,
-        "/v1/engines/copilot-codex/completions": CreateCompletionRequest,
-        "/v1/embeddings": CreateEmbeddingRequest,
-        "/extras/tokenize": TokenizeInputRequest,
-        "/extras/tokenize/count": TokenizeInputRequest,
-        "/extras/detokenize": DetokenizeInputRequest,
-    }
 
 
 class BadRequest(Exception):
@@ -188,12 +169,10 @@ def _leaves(err: BaseException) -> Iterator[BaseException]:
 def describe_failure(err: BaseException, schema: type[BaseModel] | None, data: dict[str, Any] | None) -> tuple[int, bytes]:
     """Status and error object for an exception: llama-cpp-python's own client errors (a prompt
     longer than the context) keep their message; anything else is a server error without text."""
-    from llama_cpp.server.errors import RouteErrorHandler
-
     if schema is not None and data is not None:
         body = schema.model_validate(data)
         for leaf in _leaves(err):
-            for pattern, formatter in RouteErrorHandler.pattern_and_formatters.items():
+            for pattern, formatter in client_error_formatters().items():
                 match = pattern.search(str(leaf))
                 if match is not None:
                     status, error = formatter(body, match)  # type: ignore[arg-type]

@@ -31,7 +31,10 @@ from typing import Any
 
 from cvlocal.chat.template import ChatTemplate, resolve_template
 from cvlocal.errors import UsageError
+from cvlocal.llama.chat_format import completion_handler, register_handler
 from cvlocal.llama.log import captured_log
+from cvlocal.llama.server_app import llama_proxy
+from cvlocal.llama.server_app import single_model_app as llama_cpp_app
 
 HANDLER_NAME = "cvlocal"
 SERVER_PACKAGES = {"uvicorn": "uvicorn", "fastapi": "fastapi", "sse_starlette": "sse-starlette",
@@ -75,12 +78,10 @@ class TemplateChatHandler:
         return resolve_template(llama, self.chat_format, self.model_name)
 
     def __call__(self, *, llama: Any, **kwargs: Any) -> Any:
-        from llama_cpp.llama_chat_format import chat_formatter_to_chat_completion_handler
-
         entry = self._handlers.get(id(llama))
         if entry is None or entry[0] is not llama:
             template = self.template_for(llama)
-            entry = (llama, chat_formatter_to_chat_completion_handler(template.llama_formatter()))
+            entry = (llama, completion_handler(template.llama_formatter()))
             self._handlers[id(llama)] = entry
         return entry[1](llama=llama, **kwargs)
 
@@ -169,39 +170,21 @@ def single_model_app(
     With ``adapters`` (``cvlocal.llama.adapters.AdapterSpec``) the app is wrapped by ``server_lora``:
     llama-server's ``"lora"`` request field and ``/lora-adapters`` endpoints.
     """
-    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
-    from llama_cpp.server.app import create_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
-
-    LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(
-        HANDLER_NAME, TemplateChatHandler(chat_format, model_path.name), overwrite=True)
-    threading = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
-    model_settings = ModelSettings(
-        model=str(model_path),
-        model_alias=model_alias,
-        n_ctx=ctx,
-        n_gpu_layers=n_gpu_layers,
-        **threading,
-        seed=seed,
-        chat_format=HANDLER_NAME,
-        verbose=False,
-    )
-    # interrupt_requests=False: a request waits for the one before it (FIFO lock) instead of ending it.
-    server_settings = ServerSettings(host=host, port=port, api_key=api_key, interrupt_requests=False)
+    register_handler(HANDLER_NAME, TemplateChatHandler(chat_format, model_path.name))
     with captured_log() as log:  # the model loads here; llama.cpp's lines would scatter over the terminal
         try:
-            app = create_app(server_settings=server_settings, model_settings=[model_settings])
+            app = llama_cpp_app(model=str(model_path), alias=model_alias, chat_format=HANDLER_NAME, n_ctx=ctx,
+                                n_gpu_layers=n_gpu_layers, threads=threads, seed=seed, host=host, port=port,
+                                api_key=api_key)
         except (ValueError, RuntimeError) as err:
             reason = "; ".join(log.problems()[-2:]) or str(err)
             raise UsageError(f"llama.cpp could not load the model ({reason})", path=model_path,
                              fix="Check that the file is complete and was written by a recent converter") from err
     if not adapters:
         return app
-    from llama_cpp.server import app as server_app
-
     from cvlocal.chat.server_lora import attach
 
-    return attach(app, server_app._llama_proxy(), adapters)
+    return attach(app, llama_proxy(), adapters)
 
 
 def serve(app: Any, sock: socket.socket, quiet: bool = False) -> None:

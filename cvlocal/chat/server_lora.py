@@ -11,12 +11,20 @@ How, without touching llama-cpp-python's server: an ASGI middleware reads the bo
 context variable; the model's ``create_completion`` (the one call every completion goes through,
 run while the server holds its model lock) is wrapped to apply those scales, or the server-wide
 ones, before generating. A scale change drops the KV cache (``Adapters.set_scales``).
+
+With ``serve --parallel N`` the same middleware fills the same variable and the batched server
+reads it (:meth:`ServerAdapters.scales_now`) into each request's scales. One llama.cpp context has
+one set of adapter scales for all the sequences it decodes together, so requests are grouped: one
+whose scales differ from those of the running requests waits until they finish (the decoder then
+switches, see ``cvlocal.llama.batch``); requests that share scales (the usual case: none given)
+are decoded together.
 """
 from __future__ import annotations
 
 import contextvars
 import json
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
 
 from cvlocal.chat.openai_edge import error_body, read_body, respond, with_body
 from cvlocal.llama.adapters import Adapters
@@ -44,23 +52,36 @@ def parse_lora_field(value: Any, count: int) -> list[float]:
 
 
 class ServerAdapters:
-    """The server's adapters: the server-wide scales and the per-request override."""
+    """The server's adapters: their paths, the server-wide scales and the per-request override."""
 
-    def __init__(self, adapters: Adapters) -> None:
-        self.adapters = adapters
-        self.default = list(adapters.scales)
-        llm = adapters.llm
-        original = llm.create_completion
+    def __init__(self, paths: Sequence[Path], scales: Sequence[float]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.default = [float(s) for s in scales]
 
-        def create_completion(*args: Any, **kwargs: Any) -> Any:
-            requested = _REQUESTED.get()
-            self.adapters.set_scales(requested if requested is not None else self.default)
-            return original(*args, **kwargs)
+    def __len__(self) -> int:
+        return len(self.paths)
 
-        llm.create_completion = create_completion  # the instance attribute wins over the method
+    def scales_now(self) -> list[float]:
+        """The scales for the request being handled: its ``lora`` field's, else the server-wide ones."""
+        requested = _REQUESTED.get()
+        return list(requested if requested is not None else self.default)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{**a, "scale": s} for a, s in zip(self.adapters.describe(), self.default)]
+        return [{"id": i, "path": str(p), "scale": s} for i, (p, s) in enumerate(zip(self.paths, self.default))]
+
+
+def hook_llama(adapters: Adapters) -> ServerAdapters:
+    """Wrap the one-request server's ``create_completion`` to apply each request's scales first."""
+    server = ServerAdapters(adapters.paths, adapters.scales)
+    llm = adapters.llm
+    original = llm.create_completion
+
+    def create_completion(*args: Any, **kwargs: Any) -> Any:
+        adapters.set_scales(server.scales_now())
+        return original(*args, **kwargs)
+
+    llm.create_completion = create_completion  # the instance attribute wins over the method
+    return server
 
 
 async def _send_json(send: Callable[[dict], Awaitable[None]], status: int, payload: Any) -> None:
@@ -89,7 +110,7 @@ class LoraMiddleware:
             if disconnected:
                 return None
             try:
-                self.server.default = parse_lora_field(json.loads(raw or b"null"), len(self.server.adapters))
+                self.server.default = parse_lora_field(json.loads(raw or b"null"), len(self.server))
             except ValueError as err:
                 return await _bad_lora(send, err)
             return await _send_json(send, 200, {"success": True})
@@ -105,7 +126,7 @@ class LoraMiddleware:
             body = None  # let the server report its own error
         if isinstance(body, dict) and "lora" in body:
             try:
-                requested = parse_lora_field(body.pop("lora"), len(self.server.adapters))
+                requested = parse_lora_field(body.pop("lora"), len(self.server))
             except ValueError as err:
                 return await _bad_lora(send, err)
             raw = json.dumps(body).encode("utf-8")
@@ -121,4 +142,4 @@ def attach(app: Any, llm: Any, specs: list) -> Any:
     """Load ``specs`` onto the server's model and wrap ``app``; returns the ASGI app to serve."""
     adapters = Adapters(llm, specs)
     llm.cvlocal_adapters = adapters
-    return LoraMiddleware(app, ServerAdapters(adapters))
+    return LoraMiddleware(app, hook_llama(adapters))

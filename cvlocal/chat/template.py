@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cvlocal.errors import UsageError
+from cvlocal.llama.chat_format import formatter_response, jinja_format, named_format
 from cvlocal.llama.facts import token_text
 
 # End-of-turn / end-of-text token texts used by the families cvlocal supports (and a few more).
@@ -69,8 +70,6 @@ def format_plain(messages: Sequence[dict[str, Any]], **_: Any) -> Any:
     Chosen because a base or continually-pretrained model has seen this shape of dialogue in
     ordinary text, and it needs no special tokens that the model may never have learned.
     """
-    from llama_cpp.llama_chat_format import ChatFormatterResponse
-
     parts: list[str] = []
     for message in messages:
         content = message.get("content") or ""
@@ -82,7 +81,7 @@ def format_plain(messages: Sequence[dict[str, Any]], **_: Any) -> Any:
         elif role == "assistant":
             parts.append(f"Assistant: {content}\n\n")
     parts.append("Assistant:")
-    return ChatFormatterResponse(prompt="".join(parts), stop=["\nUser:", "\n\nUser:"])
+    return formatter_response("".join(parts), ["\nUser:", "\n\nUser:"])
 
 
 @dataclass
@@ -122,9 +121,6 @@ class ChatTemplate:
 
     def llama_formatter(self) -> Callable[..., Any]:
         """A llama-cpp-python ChatFormatter with our stop ids and strings, for the server."""
-        from llama_cpp import llama as llama_module
-        from llama_cpp.llama_chat_format import ChatFormatterResponse
-
         stop_ids = self.stop_ids
         stop_texts = list(self.stop_texts)
 
@@ -133,12 +129,8 @@ class ChatTemplate:
 
         def formatter(*, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
             response = self.formatter(messages=messages, **kwargs)
-            return ChatFormatterResponse(
-                prompt=response.prompt,
-                stop=stop_texts,
-                stopping_criteria=llama_module.StoppingCriteriaList([stop_on_ids]),
-                added_special=response.added_special,
-            )
+            return formatter_response(response.prompt, stop_texts, stop_on=stop_on_ids,
+                                      added_special=response.added_special)
 
         return formatter
 
@@ -174,12 +166,10 @@ def stop_token_ids(llm: Any) -> frozenset[int]:
 
 def named_formatter(name: str) -> Callable[..., Any]:
     """llama-cpp-python's formatter for a registered format name, or a UsageError listing the names."""
-    from llama_cpp import llama_chat_format
-
     if name == PLAIN:
         return format_plain
     attr = NAMED_FORMATS.get(name)
-    formatter = getattr(llama_chat_format, attr, None) if attr else None
+    formatter = named_format(attr) if attr else None
     if formatter is None:
         names = ", ".join(sorted([PLAIN, *NAMED_FORMATS]))
         raise UsageError(f"unknown chat format {name!r}", fix=f"Use one of {names}, or a Jinja template file (*.jinja)")
@@ -188,15 +178,8 @@ def named_formatter(name: str) -> Callable[..., Any]:
 
 def jinja_formatter(template: str, llm: Any, stop_ids: frozenset[int]) -> Callable[..., Any]:
     """llama-cpp-python's Jinja2 formatter with the model's own bos/eos texts."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    return Jinja2ChatFormatter(
-        template=template,
-        eos_token=special_token_text(llm, llm.token_eos()),
-        bos_token=special_token_text(llm, llm.token_bos()),
-        add_generation_prompt=True,
-        stop_token_ids=sorted(stop_ids),
-    )
+    return jinja_format(template, eos_token=special_token_text(llm, llm.token_eos()),
+                        bos_token=special_token_text(llm, llm.token_bos()), stop_token_ids=sorted(stop_ids))
 
 
 def resolve_template(llm: Any, chat_format: str | None = None, model_name: str = "the model") -> ChatTemplate:

@@ -46,9 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
     adapters = adapter_specs(args)
     template = probe_template(args.model, args.chat_format)
-    if adapters and args.parallel > 1:
-        raise UsageError("--adapter works with the one-request server only", args.adapter[0] if args.adapter else None,
-                         "Leave out --parallel, or serve a merged GGUF (cvlocal merge ... -o x.gguf) with --parallel N")
     sock = listen_socket(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
         if template.warning:
@@ -63,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
                 inner = build_batched_app(args.model, parallel=args.parallel, ctx=args.ctx, threads=args.threads,
                                           n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, seed=args.seed,
-                                          model_alias=args.model_alias, api_key=args.api_key)
+                                          model_alias=args.model_alias, api_key=args.api_key, adapters=adapters)
                 app = OpenAIEdge(inner, alias=args.model_alias or args.model.stem, api_key=args.api_key)
             else:
                 app = build_app(args.model, ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers,

@@ -50,8 +50,10 @@ def choose_parallel(kv_bytes_per_token: int, ctx: int, memory: int | None = None
 class ParallelBackend(LlamaBackend):
     """The evaluation backend over a shared batched decoder; :meth:`generate_items` runs many items."""
 
-    def __init__(self, llm: Any, *, chat_format: str | None, n_seq: int) -> None:  # noqa: super not called:
-        self.path = Path(llm.model_path)                                          # the model is already open
+    def __init__(self, llm: Any, *, chat_format: str | None, n_seq: int, path: Path | None = None) -> None:
+        # super().__init__ is not called: the model is already open. ``path`` is the model spec
+        # (CP.gguf+ADAPTER.gguf@R) the records are cached under.
+        self.path = Path(path if path is not None else llm.model_path)
         self.llm = llm
         self.chat_format = chat_format
         self.template_warning = None
@@ -95,23 +97,18 @@ def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | N
                  chat_format: str | None) -> LlamaBackend:
     """``parallel`` sequences (None: as many as memory allows, up to 8); 1 is the one-at-a-time backend.
 
-    A model spec with LoRA adapters (``CP.gguf+ADAPTER.gguf@R``) runs one at a time: the batched
-    decoder does not attach adapters yet.
+    A model spec with LoRA adapters (``CP.gguf+ADAPTER.gguf@R``) is batched too: the decoder's
+    context carries the adapters at the spec's ratios, as the one-at-a-time ``Llama`` does.
     """
     from cvlocal.llama.adapters import parse_model_spec
 
-    _model, adapters = parse_model_spec(path)
-    if adapters and parallel not in (None, 1):
-        from cvlocal.errors import UsageError
-
-        raise UsageError(f"--parallel {parallel} does not take a model with an adapter yet", path,
-                         "Leave out --parallel (adapter specs run one sequence at a time)")
-    if parallel == 1 or adapters:
+    if parallel == 1:
         return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)
     from cvlocal.llama.model import Model
     from cvlocal.llama.shared import SharedLlama
 
-    model = Model(path, n_gpu_layers=n_gpu_layers)
+    model_path, adapters = parse_model_spec(path)
+    model = Model(model_path, n_gpu_layers=n_gpu_layers, adapters=adapters)
     n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx)
     if n_seq == 1:
         model.close()
@@ -121,4 +118,4 @@ def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | N
     except BaseException:
         model.close()
         raise
-    return ParallelBackend(llm, chat_format=chat_format, n_seq=n_seq)
+    return ParallelBackend(llm, chat_format=chat_format, n_seq=n_seq, path=path)

@@ -10,9 +10,11 @@
 - ``facts``: what cvlocal asks a loaded ``Llama`` beyond its public methods (the one place for ``_model``).
 - ``stops``, ``utf8``: stop strings and whole characters out of the token stream.
 - ``loader``: opening a high-level ``Llama`` (chat, server, release checks, evaluators) with the load log captured.
+- ``chat_format``, ``server_app``: llama-cpp-python's chat formatters and its one-request OpenAI server,
+  which ``cvlocal/chat`` builds on through these functions only.
 
 Nothing outside this package imports ``llama_cpp`` or touches a ``Llama``'s ``_model``/``_ctx``
-(tests/test_llama_boundary.py); the server and chat-format glue in ``cvlocal/chat`` still use llama-cpp-python's high-level server and chat formats.
+(tests/test_llama_boundary.py, no exceptions).
 """
 from cvlocal.llama.batch import BatchedDecoder, Completion, Event, Handle, Request
 from cvlocal.llama.log import LogCapture, captured_log

@@ -60,6 +60,31 @@ def check_adapter_file(path: Path) -> None:
             raise UsageError("not a GGUF file", path, "Pass a GGUF LoRA adapter made by `cvlocal extract BASE CHAT -o FILE.gguf`.")
 
 
+def load_lora(lib: Any, model_pointer: Any, path: Path) -> Any:
+    """``llama_adapter_lora_init`` on a checked file; a one-line UsageError when llama.cpp refuses it."""
+    check_adapter_file(path)
+    handle = lib.llama_adapter_lora_init(model_pointer, str(path).encode("utf-8"))
+    if not handle:  # a NULL pointer: llama.cpp refused it (its log line says why)
+        raise UsageError(
+            "llama.cpp refused this LoRA adapter (another architecture or model shapes, or not an adapter)", path,
+            "Use an adapter extracted from this model's base and chat models.",
+        )
+    return handle
+
+
+def set_lora(lib: Any, ctx: Any, handles: Sequence[Any], scales: Sequence[float], path: Path) -> None:
+    """Attach ``handles`` at ``scales`` to a context (``llama_set_adapters_lora``: the context's whole set).
+
+    The one-at-a-time ``Llama`` and the batched decoder's context both go through here, so a ratio
+    means the same on both paths.
+    """
+    n = len(handles)
+    array = (lib.llama_adapter_lora_p_ctypes * n)(*handles)
+    values = (ctypes.c_float * n)(*[float(s) for s in scales])
+    if lib.llama_set_adapters_lora(ctx, array, n, values):
+        raise UsageError("llama.cpp could not attach the adapters", path, "Check the log above.")
+
+
 class Adapters:
     """The adapters attached to one ``Llama`` and their current scales."""
 
@@ -78,13 +103,7 @@ class Adapters:
 
     def _load(self, spec: AdapterSpec) -> None:
         path = Path(spec.path)
-        check_adapter_file(path)
-        handle = self._lib.llama_adapter_lora_init(self.llm._model.model, str(path).encode("utf-8"))
-        if not handle:  # a NULL pointer: llama.cpp refused it (its log line says why)
-            raise UsageError(
-                "llama.cpp refused this LoRA adapter (another architecture or model shapes, or not an adapter)", path,
-                "Use an adapter extracted from this model's base and chat models.",
-            )
+        handle = load_lora(self._lib, self.llm._model.model, path)
 
         def free(handle: Any = handle) -> None:
             self._lib.llama_adapter_lora_free(handle)
@@ -95,11 +114,7 @@ class Adapters:
         self.scales.append(float(spec.scale))
 
     def _apply(self) -> None:
-        n = len(self._handles)
-        handles = (self._lib.llama_adapter_lora_p_ctypes * n)(*self._handles)
-        scales = (ctypes.c_float * n)(*self.scales)
-        if self._lib.llama_set_adapters_lora(self.llm._ctx.ctx, handles, n, scales):
-            raise UsageError("llama.cpp could not attach the adapters", self.paths[0], "Check the log above.")
+        set_lora(self._lib, self.llm._ctx.ctx, self._handles, self.scales, self.paths[0])
 
     def set_scales(self, scales: Sequence[float]) -> bool:
         """Set every adapter's scale; True if one changed (the KV cache is then dropped)."""

@@ -16,7 +16,12 @@ for all, so throughput grows with the batch. This is that loop on the low-level 
 * a new prompt that shares a long prefix with a running sequence (a system prompt, a template
   header) copies that sequence's cells (``llama_memory_seq_cp``) instead of evaluating them again;
 * a prompt that does not fit one sequence's context is refused on its own (finish reason
-  ``"refused"``), the other sequences go on.
+  ``"refused"``), the other sequences go on;
+* the model's LoRA adapters (``Model(adapters=...)``) are attached to the context at their scales,
+  as on a ``Llama``. A context has one set of scales for all its sequences, so a request that asks
+  for other scales (``Request.scales``) waits until the running sequences have finished, then the
+  context switches (dropping every kept cell, computed with the old weights) and takes it; requests
+  are admitted in arrival order, so none waits behind later ones.
 
 Each sequence has its own sampler chain (:mod:`cvlocal.llama.sampling`) and its own UTF-8 and
 stop-string state, so its text is what the one-at-a-time loop would stream.
@@ -59,6 +64,7 @@ class Request:
     tag: Any = None
     affinity: Any = None  # requests with the same affinity prefer the same slot (its kept cells, see keep_finished)
     reuse_kept: bool = True  # False: evaluate the whole prompt even where a slot's kept cells match (Llama.reset())
+    scales: tuple[float, ...] | None = None  # one per adapter of the model; None: the model's own scales
 
 
 @dataclass
@@ -174,6 +180,9 @@ class BatchedDecoder:
             reason = "; ".join(log.problems()[-2:]) or "llama_init_from_model failed"
             raise WorkError(f"llama.cpp could not make a context for {n_seq} x {n_ctx_seq} tokens ({reason})")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.scales: tuple[float, ...] = tuple(model.adapter_scales)
+        if model.adapter_handles:
+            self._attach(self.scales)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._n_vocab = self.vocab.n_vocab()
         self._slots: list[_Slot | None] = [None] * n_seq
@@ -195,6 +204,9 @@ class BatchedDecoder:
         prompt = len(request.prompt)
         if prompt == 0:
             self._finish_unstarted(handle, "refused", "the prompt is empty")
+        elif request.scales is not None and len(request.scales) != len(self.scales):
+            self._finish_unstarted(handle, "refused", f"{len(request.scales)} adapter scales for a model with "
+                                                      f"{len(self.scales)} adapters")
         elif prompt >= self.n_ctx_seq:
             self._finish_unstarted(handle, "refused", f"the prompt needs {prompt} tokens but a sequence's context "
                                                       f"holds {self.n_ctx_seq}")
@@ -271,11 +283,33 @@ class BatchedDecoder:
     # ----- internals -----
     def _admit(self) -> None:
         while self._queue and None in self._slots:
-            handle = self._queue.popleft()
+            handle = self._queue[0]
             if handle.cancelled:
+                self._queue.popleft()
                 self._finish_unstarted(handle, "cancelled", None)
                 continue
+            scales = handle.request.scales
+            wanted = tuple(self.model.adapter_scales) if scales is None else tuple(float(s) for s in scales)
+            if wanted != self.scales:
+                if any(self._slots):
+                    return  # other scales: after the running group (in arrival order, nothing overtakes it)
+                self._switch_scales(wanted)
+            self._queue.popleft()
             self._start(self._pick_slot(handle.request), handle)
+
+    def _attach(self, scales: tuple[float, ...]) -> None:
+        from cvlocal.llama.adapters import set_lora
+
+        set_lora(self._lib, self.ctx, self.model.adapter_handles, scales, self.model.adapter_paths[0])
+
+    def _switch_scales(self, scales: tuple[float, ...]) -> None:
+        """New adapter scales for the (idle) context; every kept cell was computed with the old ones."""
+        self._attach(scales)
+        self.scales = scales
+        for seq, kept in enumerate(self._kept):
+            if kept:
+                self._lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+                self._kept[seq] = []
 
     def _pick_slot(self, request: Request) -> int:
         """A free slot: the one whose kept cells share the longest prefix with the prompt (when that is

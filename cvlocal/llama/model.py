@@ -12,7 +12,7 @@ import multiprocessing
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cvlocal.errors import UsageError
 from cvlocal.llama.log import captured_log
@@ -65,12 +65,24 @@ class Threads:
 
 
 class Model:
-    """A loaded GGUF (weights and vocabulary); contexts are made from it with :meth:`context_params`."""
+    """A loaded GGUF (weights and vocabulary); contexts are made from it with :meth:`context_params`.
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0) -> None:
+    ``adapters`` (:class:`cvlocal.llama.adapters.AdapterSpec`) are LoRA adapters loaded onto the
+    weights here; a context attaches them at their scales (``adapter_handles``/``adapter_scales``),
+    as ``Adapters`` does on a ``Llama``. They are freed before the model.
+    """
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, adapters: Sequence[Any] = ()) -> None:
         from llama_cpp import _internals
 
+        from cvlocal.llama.adapters import check_adapter_file, load_lora
+
         self.path = check_gguf(path)
+        self.adapter_paths: list[Path] = [Path(spec.path) for spec in adapters]
+        self.adapter_scales: tuple[float, ...] = tuple(float(spec.scale) for spec in adapters)
+        self.adapter_handles: list[Any] = []
+        for adapter in self.adapter_paths:  # a missing adapter is refused before the model loads
+            check_adapter_file(adapter)
         llama_cpp = llama_cpp_module()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers == -1 else n_gpu_layers
@@ -83,6 +95,13 @@ class Model:
                 raise UsageError(f"llama.cpp could not load the model ({reason})", path=self.path,
                                  fix="Check that the file is complete and was written by a recent converter") from err
         self.vocab = Vocab(self.native)
+        try:
+            with captured_log():
+                for adapter in self.adapter_paths:
+                    self.adapter_handles.append(load_lora(llama_cpp, self.pointer, adapter))
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def pointer(self) -> Any:
@@ -137,6 +156,12 @@ class Model:
         return p
 
     def close(self) -> None:
+        handles, self.adapter_handles = getattr(self, "adapter_handles", []), []
+        if handles:
+            import llama_cpp
+
+            for handle in handles:
+                llama_cpp.llama_adapter_lora_free(handle)
         native, self.native = getattr(self, "native", None), None
         if native is not None:
             native.close()

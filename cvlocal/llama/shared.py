@@ -74,6 +74,10 @@ class SharedLlama(Vocab):
     def set_seed(self, seed: int) -> None:
         self._local.seed = int(seed)
 
+    def set_adapter_scales(self, scales: Sequence[float] | None) -> None:
+        """This thread's next generations use these LoRA scales (None: the model's own); see BatchedDecoder."""
+        self._local.scales = None if scales is None else tuple(float(s) for s in scales)
+
     def reset(self) -> None:
         """As ``Llama.reset``: this thread's next generation evaluates its whole prompt."""
         self._local.fresh = True
@@ -90,7 +94,8 @@ class SharedLlama(Vocab):
         fresh, self._local.fresh = getattr(self._local, "fresh", False), False
         # One thread is one conversation: its requests prefer the slot its last reply's cells are in.
         request = Request(prompt, max_tokens=max(self._n_ctx - len(prompt), 0), sampling=params, stop_at_eog=False,
-                          affinity=threading.get_ident(), reuse_kept=not fresh)
+                          affinity=threading.get_ident(), reuse_kept=not fresh,
+                          scales=getattr(self._local, "scales", None))
         return self._stream(_Pending(request))
 
     def _stream(self, pending: _Pending) -> Iterator[int]:

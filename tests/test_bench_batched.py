@@ -1,0 +1,66 @@
+"""benchmarks/batched.py's rigour: comparisons alternate, rows are medians, ratios are medians of
+per-round ratios (the runs themselves are replaced by fakes with known times; no model runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import batched
+
+
+def test_eval_rounds_take_turns_and_ratios_are_medians_of_rounds(monkeypatch):
+    order: list[str] = []
+    # per round: parallel N, parallel 1, bare seconds; round 2 is "loaded" (everything 3x slower)
+    times = iter([1.0, 2.0, 4.0, 3.0, 6.0, 12.0, 1.0, 3.0, 3.0])
+
+    def fake_cvlocal(path, items, settings, parallel, threads):
+        order.append(f"p{parallel}")
+        return {"seconds": next(times), "tokens": 100, "records": {}}
+
+    def fake_bare(path, items, settings, threads):
+        order.append("bare")
+        return {"seconds": next(times), "tokens": 100}
+
+    monkeypatch.setattr(batched, "run_cvlocal", fake_cvlocal)
+    monkeypatch.setattr(batched, "run_bare", fake_bare)
+    fig = batched.bench_type(Path("m.gguf"), [object()] * 6, None, 8, 1, repeats=3)
+    assert order == ["p8", "p1", "bare"] * 3
+    assert fig["speedup_vs_parallel_1"] == {"median": 2.0, "min": 2.0, "max": 3.0}  # 2, 2, 3
+    assert fig["speedup_vs_bare"] == {"median": 4.0, "min": 3.0, "max": 4.0}        # 4, 4, 3
+    row = fig["rows"]["parallel 8"]
+    assert row["seconds"] == 1.0 and row["runs"] == [1.0, 3.0, 1.0] and row["items_per_minute"] == 360.0
+    assert row["tokens_per_second"] == {"median": 100.0, "min": 33.3, "max": 100.0}
+
+
+def test_server_rounds_alternate_after_both_are_loaded(monkeypatch):
+    events: list[str] = []
+
+    class Proc:
+        def terminate(self):
+            events.append("stop")
+
+        def wait(self, timeout=None):
+            return 0
+
+    def fake_start(command, port, log=None):
+        name = "ours" if "cvlocal" in command else "theirs"
+        events.append(f"start {name}")
+        return Proc(), name
+
+    rates = {"ours": iter([300.0, 100.0, 280.0]), "theirs": iter([100.0, 100.0, 140.0])}
+
+    def fake_clients(client, model, max_tokens):
+        events.append(client)
+        rate = next(rates[client])
+        return {"wall_seconds": 512 / rate, "aggregate_chunks_per_second": rate, "ttft_p50": 0.1, "ttft_p95": 0.2,
+                "latency_p50": 1.0, "latency_p95": 2.0, "failed": 0, "ttft_max": 0.3, "latency_min": 0.5,
+                "replies": {q: ("a" if client == "ours" and i == 0 else "b") for i, q in enumerate(batched.SERVE_QUESTIONS)}}
+
+    monkeypatch.setattr(batched, "start_server", fake_start)
+    monkeypatch.setattr(batched, "_clients", fake_clients)
+    out = batched.bench_serve(Path("m.gguf"), 8, 1, 2048, 64, repeats=3)
+    assert events == ["start ours", "start theirs", "ours", "theirs", "ours", "theirs", "ours", "theirs", "stop", "stop"]
+    assert out["ratio"] == {"median": 2.0, "min": 1.0, "max": 3.0}  # 3, 1, 2: one loaded round does not decide it
+    mine = out["servers"]["cvlocal serve --parallel 8"]
+    assert mine["aggregate_chunks_per_second"] == {"median": 280.0, "min": 100.0, "max": 300.0}
+    assert mine["failed"] == 0 and mine["waits"] == 0 and mine["rounds"] == 3
+    assert out["identical_replies"] == {"same": len(batched.SERVE_QUESTIONS) - 1, "outputs": len(batched.SERVE_QUESTIONS)}
