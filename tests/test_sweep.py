@@ -155,7 +155,11 @@ def test_interrupted_sweep_continues_and_agrees_with_the_uninterrupted_one(first
     while not _mid_point(out / "cache") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    # A point takes well under a second on an idle machine: freeze the process where it was seen mid-point, so
+    # the interrupt lands there (SIGINT is pending until SIGCONT, then Python raises KeyboardInterrupt).
+    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again to continue" in " ".join(err.split())
