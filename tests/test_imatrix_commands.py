@@ -78,7 +78,7 @@ def test_one_pass_merge_quantizes_with_the_matrix(tiny_family, tmp_path, tiny_im
 def test_release_records_the_matrix_in_card_and_files(tiny_gguf, tmp_path, tiny_imatrix):
     import hashlib
 
-    from convert.quant_tables import parse_outtypes
+    from cvlocal.outputs.types import parse_outtypes
     from cvlocal.release.pipeline import ReleaseRequest, release
 
     out = tmp_path / "rel"

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from convert.atomic import atomic_output
+from cvlocal.outputs.atomic import atomic_output
 from cvlocal import __version__
 from cvlocal.evaluation.languages import LANG_NAMES
 from cvlocal.evaluation.metrics import METRICS, Metric

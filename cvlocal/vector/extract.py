@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cvlocal import __version__
-from convert.atomic import atomic_output, check_output_path
+from cvlocal.outputs.atomic import atomic_output, check_output_path
 from convert.checkpoint import TOKENIZER_FILES, Checkpoint
 from convert.safetensors_format import StreamingWriter
 from cvlocal.errors import UsageError

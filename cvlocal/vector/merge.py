@@ -19,10 +19,10 @@ from typing import Any, Iterator
 
 import torch
 
-from convert.atomic import atomic_output, check_output_path, scratch
+from cvlocal.outputs.atomic import atomic_output, check_output_path, scratch
 from convert.checkpoint import Checkpoint, open_checkpoint
 from convert.hub_cache import display_name
-from convert.quant_tables import parse_outtypes
+from cvlocal.outputs.types import parse_outtypes
 from convert.tokenizer_facts import read_tokenizer_facts
 from cvlocal.errors import UsageError
 from cvlocal.ui import say, warn
@@ -331,7 +331,8 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
 def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None,
                     quantize: Any = None) -> list[str]:
     """One pass: the merged tensors flow straight into the GGUF writer (one file per type)."""
-    from convert import output_paths, write_ggufs  # the converter library; loaded only for GGUF output
+    from cvlocal.outputs.gguf import write_ggufs  # the converter library; loaded only for GGUF output
+    from cvlocal.outputs.names import output_paths
 
     with scratch(out, "side", directory=True) as side_dir:
         _write_side_files(plan, side_dir)
