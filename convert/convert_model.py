@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from convert.checkpoint import open_checkpoint
+from convert.checkpoint import Checkpoint, open_checkpoint
 from convert.conversion import Progress, SourcePlan, lossless_type, prepare, write_direct
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
@@ -65,7 +65,8 @@ def temporary_beside(near: Path, tag: str) -> Iterator[Path]:
         Path(name).unlink(missing_ok=True)
 
 
-def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterable[tuple[str, torch.Tensor]] | None):
+def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterable[tuple[str, torch.Tensor]] | None,
+                     ) -> tuple[SourcePlan, Iterator[tuple[str, torch.Tensor]], Checkpoint | None]:
     if (plan is None) != (tensors is None):
         raise ValueError("pass both plan and tensors (a merge stream) or neither (read the folder)")
     if plan is not None:

@@ -44,8 +44,8 @@ def added_bos_eos(facts: TokenizerFacts, ids: Mapping[str, int], sentencepiece: 
             rest = full[1:] if add_bos else full
             add_eos = eos is not None and len(rest) > len(plain) and rest[-1] == eos
             return bool(add_bos), bool(add_eos)
-    add_bos, add_eos = facts.add_flag("bos"), facts.add_flag("eos")
-    return (add_bos if add_bos is not None else sentencepiece, add_eos if add_eos is not None else False)
+    flag_bos, flag_eos = facts.add_flag("bos"), facts.add_flag("eos")
+    return (flag_bos if flag_bos is not None else sentencepiece, flag_eos if flag_eos is not None else False)
 
 
 def special_token_metadata(facts: TokenizerFacts, tokens: list[str], config: Mapping[str, Any], *, sentencepiece: bool) -> dict[str, Any]:

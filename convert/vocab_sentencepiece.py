@@ -28,11 +28,11 @@ ADDED_SCORE = -1000.0
 SPIECE_UNDERLINE = "\u2581"
 
 
-def _load_proto(path: Path):
+def _load_proto(path: Path) -> Any:
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
+    proto = pb.ModelProto()  # type: ignore[attr-defined]  # a generated protobuf module
     try:
         proto.ParseFromString(path.read_bytes())
     except (DecodeError, ValueError):

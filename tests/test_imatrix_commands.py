@@ -11,7 +11,6 @@ import gguf
 import pytest
 
 from convert.imatrix_file import read_imatrix, write_imatrix_gguf
-from tests.imatrix_fixtures import tiny_imatrix  # noqa: F401 (a fixture)
 from tests.merge_helpers import assert_one_line_error, cli, leftovers
 
 

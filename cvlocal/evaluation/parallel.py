@@ -50,7 +50,7 @@ def choose_parallel(kv_bytes_per_token: int, ctx: int, memory: int | None = None
 class ParallelBackend(LlamaBackend):
     """The evaluation backend over a shared batched decoder; :meth:`generate_items` runs many items."""
 
-    def __init__(self, llm: Any, *, chat_format: str | None, n_seq: int) -> None:  # noqa: super not called:
+    def __init__(self, llm: Any, *, chat_format: str | None, n_seq: int) -> None:  # super().__init__ not called:
         self.path = Path(llm.model_path)                                          # the model is already open
         self.llm = llm
         self.chat_format = chat_format

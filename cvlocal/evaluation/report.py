@@ -227,10 +227,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             out += _md_warnings(report, lang)
     if report.get("judge_agreement"):
         out += ["", "## Judge agreement with the labelled reference set", ""] + judge_agreement_lines(report["judge_agreement"])
-    out += ["", "## Items", "", "| suite | " + " | ".join(LANG_NAMES.get(l, l) for l in s["langs"]) + " |",
+    out += ["", "## Items", "", "| suite | " + " | ".join(LANG_NAMES.get(lang, lang) for lang in s["langs"]) + " |",
             "|---|" + "---|" * len(s["langs"])]
     for suite, info in report["suites"].items():
-        out.append(f"| {suite} | " + " | ".join(str(info["items"].get(l, 0)) for l in s["langs"]) + " |")
+        out.append(f"| {suite} | " + " | ".join(str(info["items"].get(lang, 0)) for lang in s["langs"]) + " |")
     timed = [m for m in report["models"] if m.get("speed")]
     if timed:
         out += ["", "## Speed (items per minute, model loading excluded)", "",

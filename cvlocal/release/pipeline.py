@@ -275,9 +275,9 @@ class Release:
             reference_label=src.lossless.label,
             reference_file=shipped_reference or (ref_path.name if src.is_gguf else None),
             n_ctx=n_ctx, windows=len(windows.languages), tokens=windows.scored_tokens,
-            languages=[l for l in self.texts if l not in windows.skipped], skipped_languages=windows.skipped,
-            tokens_per_language={l: windows.languages.count(l) * scoring.scored_count(n_ctx) for l in self.texts
-                                 if l not in windows.skipped},
+            languages=[lang for lang in self.texts if lang not in windows.skipped], skipped_languages=windows.skipped,
+            tokens_per_language={lang: windows.languages.count(lang) * scoring.scored_count(n_ctx) for lang in self.texts
+                                 if lang not in windows.skipped},
         )
         if not self.languages:
             self.progress.note("the source names no language (model card `language`, general.languages): "
