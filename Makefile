@@ -13,7 +13,7 @@ WHEELS := .build/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 PYTEST_ARGS ?=
 
-.PHONY: all setup demo demo-models test bench clean llama-wheel
+.PHONY: all setup demo demo-models lint test bench clean llama-wheel
 
 all: setup
 
@@ -55,7 +55,13 @@ demo: setup
 demo-models: setup
 	$(PY) assets/demo/train.py --out assets/demo
 
-test: setup
+# ruff (pyflakes and pycodestyle's error classes) on everything, mypy on the converter library;
+# both configured in pyproject.toml. `make test` runs this first.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -49,7 +49,7 @@ SUITES = ("toxicity", "safety", "instructions", "dialogue")
 
 def build_gguf(size: str, outtype: str, cache: Path) -> Path:
     """The synthetic chat model as ``chat-<outtype>.gguf`` in the cache (converted once, by cvlocal's converter)."""
-    from convert import write_gguf
+    from cvlocal.outputs.gguf import write_gguf
 
     triple = synthetic.ensure_triple(size, cache, progress=False)
     target = cache / "gguf" / size / f"chat-{outtype}.gguf"

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import gguf
     import torch
 
-    from convert.convert_model import convert_checkpoint, quantize_gguf
+    from cvlocal.outputs.gguf import convert_checkpoint, quantize_gguf
     from convert.imatrix_file import write_imatrix_gguf
     from convert.llama_quantize import QuantizeOptions
     from cvlocal.imatrix.collect import compute_imatrix

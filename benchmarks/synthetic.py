@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from convert.atomic import atomic_output  # noqa: E402
+from cvlocal.outputs.atomic import atomic_output  # noqa: E402
 from convert.safetensors_format import StreamingWriter  # noqa: E402
 
 GENERATOR_VERSION = 1

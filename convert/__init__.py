@@ -5,11 +5,13 @@ A library with a small, flat API (no CLI, no rich, no import of cvlocal):
 - ``convert.checkpoint``: read HF folders (config, safetensors shards and index, ``.bin`` through
   ``torch.load(weights_only=True)``) one tensor at a time.
 - ``convert.errors``: ``ConvertError``, the one exception bad input raises.
-- ``convert.atomic``: write to a temporary name, rename when complete.
 - ``convert.convert_model``: ``convert_checkpoint``, ``write_gguf`` / ``write_ggufs`` (from a folder
-  or a merge's tensor stream), ``quantize_gguf``, ``gguf_file_name``, ``output_paths``.
-- ``convert.quant_tables``: ``OUTTYPES``, the output types by name; ``parse_tensor_type`` for
-  per-tensor overrides.
+  or a merge's tensor stream), ``quantize_gguf``; each writes to the path it is given (the caller
+  may pass how an output is opened, e.g. atomically: cvlocal's output policy lives in cvlocal).
+- ``convert.tokenizer_facts``: the one reader of a folder's tokenizer files (vocabulary, special
+  tokens, end of turn, chat templates, generation config); ``convert.chat_render`` renders
+  templates as transformers does.
+- ``convert.quant_tables``: ``OUTTYPES``, the output types by name.
 - ``convert.llama_quantize``: llama.cpp's quantizer in a child process (interruptible), with
   ``QuantizeOptions`` (importance matrix, per-tensor types, requantize).
 - ``convert.imatrix_file``: llama.cpp's imatrix files (GGUF and legacy .dat), read, written and
@@ -26,15 +28,13 @@ _LAZY = {
     "write_gguf": "convert.convert_model",
     "write_ggufs": "convert.convert_model",
     "quantize_gguf": "convert.convert_model",
-    "gguf_file_name": "convert.convert_model",
-    "output_paths": "convert.convert_model",
     "OUTTYPES": "convert.quant_tables",
     "QuantizeError": "convert.llama_quantize",
 }
 __all__ += list(_LAZY)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 

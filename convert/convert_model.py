@@ -13,39 +13,60 @@ One pass over the source tensors, one tensor in memory at a time:
    first, then each direct type is re-encoded from it (same bytes as a direct conversion, since
    it holds the source values exactly) and each llama.cpp type is quantized from it.
 
-Every output appears under its final name only when complete (``convert.atomic``); temporary
-files are removed on success, failure, Ctrl-C and SIGTERM.
+The entry points write to the paths they are given. How an output is opened is the caller's:
+``open_output(path)`` and ``open_scratch(near, tag)`` are context managers yielding the path to
+write; the defaults write in place and use a temporary file for an intermediate. cvlocal passes
+its own (``cvlocal.outputs.gguf``: each output under a temporary name renamed when complete,
+overlap refusal, replacement only when forced); the library itself has no output policy.
 """
 from __future__ import annotations
 
 import errno
 import os
 import resource
+import tempfile
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from convert.atomic import atomic_output, check_output_path, scratch
-from convert.checkpoint import open_checkpoint
+from convert.checkpoint import Checkpoint, open_checkpoint
 from convert.conversion import Progress, SourcePlan, lossless_type, prepare, write_direct
 from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
 from convert.hub_cache import model_folder
 from convert.llama_quantize import QuantizeError, QuantizeOptions, TensorProgress, llama_quantize
-from convert.metadata import file_name
-from convert.output_policy import refuse_overlap
-from convert.output_names import fill_type, gguf_file_name, has_placeholder, is_folder_target, output_paths
 from convert.quant_tables import OUTTYPES, OutType, outtype as lookup_outtype, require_imatrix
 from convert.transcode import transcode
 
 Stage = Callable[[str], None]
+OpenOutput = Callable[[Path], AbstractContextManager[Path]]
+OpenScratch = Callable[[Path, str], AbstractContextManager[Path]]
 _LOSSLESS = {GGMLType.F32: "f32", GGMLType.F16: "f16", GGMLType.BF16: "bf16"}
-__all__ = ["convert_checkpoint", "write_gguf", "write_ggufs", "quantize_gguf", "gguf_file_name", "output_paths"]
+__all__ = ["convert_checkpoint", "write_gguf", "write_ggufs", "quantize_gguf", "OpenOutput", "OpenScratch"]
 
 
-def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterable[tuple[str, torch.Tensor]] | None):
+@contextmanager
+def in_place(target: Path) -> Iterator[Path]:
+    """The default ``open_output``: write straight to ``target``."""
+    yield target
+
+
+@contextmanager
+def temporary_beside(near: Path, tag: str) -> Iterator[Path]:
+    """The default ``open_scratch``: a hidden temporary file beside ``near``, removed on any exit."""
+    fd, name = tempfile.mkstemp(prefix=f".{near.name}.", suffix=f".{tag}", dir=near.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterable[tuple[str, torch.Tensor]] | None,
+                     ) -> tuple[SourcePlan, Iterator[tuple[str, torch.Tensor]], Checkpoint | None]:
     if (plan is None) != (tensors is None):
         raise ValueError("pass both plan and tensors (a merge stream) or neither (read the folder)")
     if plan is not None:
@@ -61,13 +82,14 @@ def write_ggufs(
     plan: SourcePlan | None = None,
     tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
     threads: int | None = None,
-    force: bool = False,
     metadata: Mapping[str, Any] | None = None,
     on_progress: Progress | None = None,
     on_stage: Stage | None = None,
     on_warning: Callable[[str], None] | None = None,
     origin: str | Path | None = None,
     quantize: QuantizeOptions | None = None,
+    open_output: OpenOutput = in_place,
+    open_scratch: OpenScratch = temporary_beside,
 ) -> dict[str, Path]:
     """Write one GGUF per output type (``{"f16": path, "q4_k_m": path}``) reading the source once.
 
@@ -79,12 +101,13 @@ def write_ggufs(
     importance matrix, per-tensor types and requantize flag for the types llama.cpp makes.
     ``origin`` is where the files of ``source_dir`` came from when it is a temporary folder (a
     one-pass merge's side files are the CP model's): an error about one of them names the file
-    there. Returns the written paths.
+    there. ``open_output`` / ``open_scratch`` open each output and the intermediate (see the
+    module docstring). Returns the written paths.
     """
     folder = model_folder(source_dir)
     try:
-        return _write_ggufs(folder, outputs, plan, tensors, threads, force, metadata, on_progress, on_stage, on_warning,
-                            quantize)
+        return _write_ggufs(folder, outputs, plan, tensors, threads, metadata, on_progress, on_stage, on_warning,
+                            quantize, open_output, open_scratch)
     except ConvertError as err:
         if origin is None or str(folder) not in str(err):
             raise
@@ -92,17 +115,17 @@ def write_ggufs(
 
 
 def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePlan | None,
-                 tensors: Iterable[tuple[str, torch.Tensor]] | None, threads: int | None, force: bool,
+                 tensors: Iterable[tuple[str, torch.Tensor]] | None, threads: int | None,
                  metadata: Mapping[str, Any] | None, on_progress: Progress | None, on_stage: Stage | None,
-                 on_warning: Callable[[str], None] | None, quantize: QuantizeOptions | None) -> dict[str, Path]:
-    wanted = {lookup_outtype(name): check_output_path(Path(path), force) for name, path in outputs.items()}
+                 on_warning: Callable[[str], None] | None, quantize: QuantizeOptions | None,
+                 open_output: OpenOutput, open_scratch: OpenScratch) -> dict[str, Path]:
+    wanted = {lookup_outtype(name): Path(path) for name, path in outputs.items()}
     if not wanted:
         raise ConvertError("no output type given", fix=f"Choose from: {', '.join(OUTTYPES)}.")
     quantize = quantize or QuantizeOptions()
     require_imatrix(list(wanted), quantize.imatrix is not None, quantize.tensor_types)
     if len({p.resolve() for p in wanted.values()}) != len(wanted):
-        raise ConvertError("two output types would write the same file", fix="Use a folder or a name with {type}.")
-    refuse_overlap(wanted.values(), [folder])
+        raise ValueError("two output types would write the same file")
     source, stream, ckpt = _stream_and_plan(folder, plan, tensors)
     try:
         base_type = lossless_type(source)
@@ -118,27 +141,28 @@ def _write_ggufs(folder: Path, outputs: Mapping[str, str | Path], plan: SourcePl
                 on_warning(warning)
         written: dict[str, Path] = {}
         if first_type in wanted:
-            with atomic_output(wanted[first_type], force=force) as tmp:
+            with open_output(wanted[first_type]) as tmp:
                 write_direct(conv, tmp, stream, on_progress, threads, on_warning)
             written[first_type.name] = wanted[first_type]
-            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, force, on_stage, written, quantize)
+            _derive(written[first_type.name], {t: p for t, p in wanted.items() if t != first_type}, threads, open_output, on_stage,
+                    written, quantize)
             return written
-        with scratch(next(iter(wanted.values())), "intermediate.gguf") as hidden:
+        with open_scratch(next(iter(wanted.values())), "intermediate.gguf") as hidden:
             write_direct(conv, hidden, stream, on_progress, threads, on_warning)
-            _derive(hidden, wanted, threads, force, on_stage, written, quantize)
+            _derive(hidden, wanted, threads, open_output, on_stage, written, quantize)
         return written
     finally:
         if ckpt is not None:
             ckpt.close()
 
 
-def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, force: bool, on_stage: Stage | None, written: dict[str, Path],
-            quantize: QuantizeOptions | None = None) -> None:
+def _derive(source: Path, targets: Mapping[OutType, Path], threads: int | None, open_output: OpenOutput, on_stage: Stage | None,
+            written: dict[str, Path], quantize: QuantizeOptions | None = None) -> None:
     """Make each target type from a lossless float GGUF: re-encode direct types, quantize the rest."""
     for out_type, path in targets.items():
         if on_stage is not None:
             on_stage(out_type.name)
-        with atomic_output(path, force=force) as tmp:
+        with open_output(path) as tmp:
             if out_type.direct:
                 transcode(source, tmp, out_type, threads=threads)
             else:
@@ -191,16 +215,14 @@ def write_gguf(
     plan: SourcePlan | None = None,
     tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
     threads: int | None = None,
-    force: bool = False,
     metadata: Mapping[str, Any] | None = None,
     on_progress: Progress | None = None,
+    open_output: OpenOutput = in_place,
 ) -> Path:
-    """Write one GGUF of ``outtype`` from ``source_dir`` (config + tokenizer) and its weights or a tensor stream.
-
-    ``out`` may be a file, a folder (naming-convention name inside) or a name with ``{type}``.
-    """
-    outputs = output_paths(out, [outtype], source_dir, plan=plan, metadata=metadata)
-    return _single(write_ggufs(source_dir, outputs, plan=plan, tensors=tensors, threads=threads, force=force, metadata=metadata, on_progress=on_progress))
+    """Write the GGUF file ``out`` of ``outtype`` from ``source_dir`` (config + tokenizer) and its weights or a tensor stream."""
+    outputs = {lookup_outtype(outtype).name: Path(out)}
+    return _single(write_ggufs(source_dir, outputs, plan=plan, tensors=tensors, threads=threads, metadata=metadata, on_progress=on_progress,
+                               open_output=open_output))
 
 
 def convert_checkpoint(
@@ -209,12 +231,12 @@ def convert_checkpoint(
     outtype: str = "f16",
     *,
     threads: int | None = None,
-    force: bool = False,
     metadata: Mapping[str, Any] | None = None,
     on_progress: Progress | None = None,
+    open_output: OpenOutput = in_place,
 ) -> Path:
-    """Convert an HF checkpoint folder to one GGUF file of ``outtype``; returns its path."""
-    return write_gguf(model_dir, out, outtype, threads=threads, force=force, metadata=metadata, on_progress=on_progress)
+    """Convert an HF checkpoint folder to the GGUF file ``out`` of ``outtype``; returns its path."""
+    return write_gguf(model_dir, out, outtype, threads=threads, metadata=metadata, on_progress=on_progress, open_output=open_output)
 
 
 class RequantizeRefused(ConvertError):
@@ -231,14 +253,13 @@ def quantize_gguf(
     qtype: str,
     *,
     threads: int | None = None,
-    force: bool = False,
     quantize: QuantizeOptions | None = None,
     on_tensor: TensorProgress | None = None,
+    open_output: OpenOutput = in_place,
 ) -> Path:
-    """Make a ``qtype`` GGUF from a float (f32/f16/bf16) GGUF ``inp``; returns the output path.
+    """Make the ``qtype`` GGUF file ``out`` from a float (f32/f16/bf16) GGUF ``inp``; returns its path.
 
-    ``out`` may be a file, a folder (naming-convention name from the input's metadata) or a name
-    with ``{type}``. Direct types are re-encoded by our writer, others quantized by llama.cpp
+    Direct types are re-encoded by our writer, others quantized by llama.cpp
     (with ``quantize``'s importance matrix, per-tensor types and requantize flag). An already
     quantized input is refused unless ``quantize.allow_requantize``; a matrix made for another
     model is refused before any work.
@@ -257,14 +278,8 @@ def quantize_gguf(
             from convert.imatrix_file import check_against_model, read_imatrix
 
             check_against_model(read_imatrix(quantize.imatrix), {t.name: tuple(reversed(t.shape)) for t in src.tensors}, quantize.imatrix)
-        general = {k: v for k, v in src.metadata.items() if k.startswith("general.")}
     target = Path(out)
-    if has_placeholder(target):
-        target = target.with_name(fill_type(target.name, out_type))
-    elif is_folder_target(out):
-        target = target / file_name(general, out_type.label)
-    refuse_overlap([target], [inp])
-    with atomic_output(target, force=force) as tmp:
+    with open_output(target) as tmp:
         if out_type.direct and not quantized:
             transcode(inp, tmp, out_type, threads=threads)
         else:  # llama.cpp also dequantizes, when requantizing is allowed

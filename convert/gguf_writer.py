@@ -184,7 +184,7 @@ class GGUFWriter:
         entry = self.tensors[self._next]
         written = 0
         for piece in pieces:
-            view = memoryview(piece).cast("B") if not isinstance(piece, np.ndarray) else memoryview(np.ascontiguousarray(piece)).cast("B")
+            view = memoryview(piece).cast("B") if not isinstance(piece, np.ndarray) else np.ascontiguousarray(piece).data.cast("B")
             self._file.write(view)
             written += view.nbytes
         if written != entry.nbytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -159,7 +159,7 @@ def _read_gguf(path: Path) -> Imatrix:
     return Imatrix(sums, counts, datasets, int(fields[KEY_CHUNK_COUNT].parts[-1][0]), int(fields[KEY_CHUNK_SIZE].parts[-1][0]))
 
 
-def _string_field(f) -> str | None:
+def _string_field(f: Any) -> str | None:
     if f is None or not f.data:
         return None
     try:
@@ -172,7 +172,7 @@ def _read_dat(path: Path) -> Imatrix:
     data = path.read_bytes()
     pos = 0
 
-    def take(fmt: str):
+    def take(fmt: str) -> tuple[Any, ...]:
         nonlocal pos
         size = struct.calcsize(fmt)
         if pos + size > len(data):

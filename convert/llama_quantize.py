@@ -29,10 +29,13 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from convert.gguf_constants import GGMLType
 from convert.quant_tables import OutType
+
+if TYPE_CHECKING:
+    from convert.imatrix_file import Imatrix
 
 TensorProgress = Callable[[int, int, str], None]
 """``on_tensor(done, total, name)`` after llama.cpp starts each tensor."""
@@ -56,7 +59,7 @@ class QuantizeOptions:
     metadata: Mapping[str, str | int] = field(default_factory=dict)  # extra string/int keys for the output
 
 
-def imatrix_metadata(path: Path, matrix) -> dict[str, str | int]:
+def imatrix_metadata(path: Path, matrix: Imatrix) -> dict[str, str | int]:
     """The ``quantize.imatrix.*`` keys llama-quantize records (file, first dataset, entries, chunks).
 
     In llama-quantize's order too: llama.cpp writes overrides in the order given, and with the same
@@ -218,13 +221,14 @@ def _child_quantize(job: Mapping[str, Any]) -> None:
     if job["metadata"]:
         kvs = (llama_cpp.llama_model_kv_override * (len(job["metadata"]) + 1))()
         for i, (key, value) in enumerate(job["metadata"].items()):
-            kvs[i].key = key.encode()[:127]
+            entry: Any = kvs[i]  # a ctypes struct whose value is a union (typeshed cannot say which member)
+            entry.key = key.encode()[:127]
             if isinstance(value, int):
-                kvs[i].tag = _KV_INT
-                kvs[i].value.val_i64 = value
+                entry.tag = _KV_INT
+                entry.value.val_i64 = value
             else:
-                kvs[i].tag = _KV_STR
-                kvs[i].value.val_str = str(value).encode()[:127]
+                entry.tag = _KV_STR
+                entry.value.val_str = str(value).encode()[:127]
         kvs[len(job["metadata"])].key = b""
         keep.append(kvs)
         params.kv_overrides = ctypes.cast(kvs, ctypes.POINTER(llama_cpp.llama_model_kv_override))

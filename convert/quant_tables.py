@@ -14,7 +14,6 @@ types a per-tensor override (llama-quantize's ``--tensor-type PATTERN=TYPE``) ma
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -150,21 +149,6 @@ def outtype(name: str) -> OutType:
     raise ConvertError(f"unknown output type {name!r}", fix=f"Choose one of: {known}.")
 
 
-def parse_outtypes(spec: str | list[str] | tuple[str, ...]) -> list[OutType]:
-    """``"f16,q4_k_m"`` (or a list) to OutTypes, in order, without duplicates."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    result: list[OutType] = []
-    for n in names:
-        if not n.strip():
-            continue
-        t = outtype(n)
-        if t not in result:
-            result.append(t)
-    if not result:
-        raise ConvertError("no output type given", fix=f"Pass --outtype with one or more of: {', '.join(OUTTYPES)}.")
-    return result
-
-
 class ImatrixRequired(ConvertError):
     """A type that needs an importance matrix was asked for without one (``needing`` names them)."""
 
@@ -194,23 +178,3 @@ TENSOR_TYPES: dict[str, GGMLType] = {
     for t in GGMLType
     if t not in (GGMLType.Q8_1, GGMLType.Q8_K, GGMLType.I8, GGMLType.I16, GGMLType.I32, GGMLType.I64, GGMLType.F64)
 }
-
-
-def parse_tensor_type(spec: str) -> tuple[str, GGMLType]:
-    """``"attn_v=q6_k"`` to (pattern, GGML type), as llama-quantize's ``--tensor-type`` reads it.
-
-    The pattern is lower-cased and used by llama.cpp as a regular expression searched in each
-    tensor name (``token_embd``, ``blk\\.[0-3]\\.ffn_down``); the first matching override wins.
-    """
-    pattern, sep, type_name = spec.partition("=")
-    pattern = pattern.strip().lower()
-    type_name = type_name.strip().lower()
-    if not sep or not pattern or not type_name:
-        raise ConvertError(f"malformed tensor type {spec!r}", fix="Write PATTERN=TYPE, e.g. attn_v=q6_k or token_embd=q8_0.")
-    if type_name not in TENSOR_TYPES:
-        raise ConvertError(f"unknown tensor type {type_name!r} in {spec!r}", fix=f"Choose one of: {', '.join(TENSOR_TYPES)}.")
-    try:
-        re.compile(pattern)
-    except re.error as err:
-        raise ConvertError(f"tensor pattern {pattern!r} is not a regular expression ({err})", fix="Escape special characters, e.g. blk\\.0\\.attn_v.") from None
-    return pattern, TENSOR_TYPES[type_name]

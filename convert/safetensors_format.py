@@ -158,12 +158,12 @@ def read_rows(info: TensorInfo, start: int, stop: int, handle: BinaryIO | None =
     nbytes = (stop - start) * row_bytes
     if nbytes == 0:
         return out
-    view = memoryview(out.view(-1).view(torch.uint8).numpy())
+    view = out.view(-1).view(torch.uint8).numpy().data
     own = handle is None
-    f = open(info.file, "rb") if own else handle
+    f: BinaryIO = open(info.file, "rb") if handle is None else handle
     try:
         f.seek(info.start + start * row_bytes)
-        got = f.readinto(view)
+        got = f.readinto(view)  # type: ignore[attr-defined]  # every binary file object has it; typing.BinaryIO omits it
     finally:
         if own:
             f.close()
@@ -227,7 +227,7 @@ class StreamingWriter:
             raise RuntimeError(f"rows of {name!r} are {rows.dtype}{tuple(rows.shape)}, planned {dtype}{tuple(shape)}")
         t = rows.detach().to("cpu").contiguous()
         if t.numel():
-            self._f.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+            self._f.write(t.view(-1).view(torch.uint8).numpy().data)
         self._done_bytes += t.numel() * t.element_size()
         begin, end = self.ranges[name]
         if self._done_bytes > end - begin:

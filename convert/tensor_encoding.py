@@ -82,25 +82,25 @@ def encode(tensor: torch.Tensor, ggml_type: GGMLType, threads: int | None = None
         return
     if ggml_type == GGMLType.BF16 and rows.dtype == torch.bfloat16:
         # bf16 -> f32 -> bf16 is the identity (for every non-NaN value), so copy the bytes.
-        yield memoryview(rows.contiguous().view(torch.int16).numpy()).cast("B")
+        yield rows.contiguous().view(torch.int16).numpy().data.cast("B")
         return
     if ggml_type == GGMLType.F16 and rows.dtype == torch.float16:
-        yield memoryview(rows.contiguous().numpy()).cast("B")
+        yield rows.contiguous().numpy().data.cast("B")
         return
     if ggml_type == GGMLType.F32 and rows.dtype == torch.float32:
-        yield memoryview(rows.contiguous().numpy()).cast("B")
+        yield rows.contiguous().numpy().data.cast("B")
         return
     step = max(1, SLAB_ELEMENTS // row_len)
     for start in range(0, n_rows, step):
         slab = rows[start:start + step]
         if ggml_type == GGMLType.F16:
             # bf16/f32 -> f16 in one step: torch widens to float32 internally, then rounds to nearest even
-            yield memoryview(slab.to(torch.float16).contiguous().numpy()).cast("B")
+            yield slab.to(torch.float16).contiguous().numpy().data.cast("B")
         elif ggml_type == GGMLType.F32:
-            yield memoryview(slab.to(torch.float32).contiguous().numpy()).cast("B")
+            yield slab.to(torch.float32).contiguous().numpy().data.cast("B")
         elif ggml_type == GGMLType.BF16:
-            yield _in_parallel(_bf16_bytes, slab.to(torch.float32).numpy(), threads)
+            yield np.ascontiguousarray(_in_parallel(_bf16_bytes, slab.to(torch.float32).numpy(), threads)).data.cast("B")
         elif ggml_type == GGMLType.Q8_0:
-            yield _in_parallel(native_q8_0() or quantize_q8_0, slab.to(torch.float32).numpy(), threads)
+            yield np.ascontiguousarray(_in_parallel(native_q8_0() or quantize_q8_0, slab.to(torch.float32).numpy(), threads)).data.cast("B")
         else:
             raise ValueError(f"convert writes only {', '.join(t.name for t in DIRECT_TYPES)}, not {ggml_type.name}")

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from convert.chat_template import chat_template_metadata, chat_templates
+from convert.chat_template import chat_template_metadata
 from convert.errors import ConvertError
 from convert.special_tokens import special_token_metadata
-from convert.tokenizer_files import check_tokenizer_files
+from convert.tokenizer_facts import NO_TOKENIZER_FIX, read_tokenizer_facts
 from convert.vocab_bpe import read_bpe
 from convert.vocab_sentencepiece import read_sentencepiece
 from convert.vocab_types import Vocab
@@ -24,18 +24,13 @@ from convert.vocab_types import Vocab
 
 def read_vocab(folder: Path, config: Mapping[str, Any], n_vocab: int) -> Vocab:
     """Export the folder's tokenizer, special tokens and chat template for a model of ``n_vocab`` rows."""
-    check_tokenizer_files(folder)
-    templates = chat_templates(folder)
+    facts = read_tokenizer_facts(folder)
     if (folder / "tokenizer.model").is_file():
-        vocab = read_sentencepiece(folder, n_vocab)
+        vocab = read_sentencepiece(facts, n_vocab)
     elif (folder / "tokenizer.json").is_file():
-        vocab = read_bpe(folder, n_vocab)
+        vocab = read_bpe(facts, n_vocab)
     else:
-        raise ConvertError(
-            "no tokenizer (tokenizer.model or tokenizer.json)", folder,
-            "Copy the tokenizer files of the model (or of its base model) into the folder.",
-        )
-    default = templates.get("default")
-    vocab.extra.update(special_token_metadata(folder, vocab.tokens, config, default, sentencepiece=vocab.model == "llama"))
-    vocab.extra.update(chat_template_metadata(templates))
+        raise ConvertError("no tokenizer (tokenizer.model or tokenizer.json)", folder, NO_TOKENIZER_FIX)
+    vocab.extra.update(special_token_metadata(facts, vocab.tokens, config, sentencepiece=vocab.model == "llama"))
+    vocab.extra.update(chat_template_metadata(facts.templates))
     return vocab

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from convert.json_file import load_json
 from convert.errors import ConvertError
 from convert.gguf_constants import TokenType
 from convert.pretokenizers import declared_steps, detect_pre_tokenizer
 from convert.special_tokens import looks_special
+from convert.tokenizer_facts import TokenizerFacts
 from convert.vocab_types import Vocab, too_big
 
 SPIECE_UNDERLINE = "\u2581"
@@ -37,11 +37,11 @@ def _is_byte_level(data: dict[str, Any]) -> bool:
     return any(s.get("type") == "ByteLevel" for s in steps) or decoder.get("type") == "ByteLevel"
 
 
-def read_bpe(folder: Path, n_vocab: int) -> Vocab:
+def read_bpe(facts: TokenizerFacts, n_vocab: int) -> Vocab:
     """The GGUF vocabulary of ``folder/tokenizer.json`` for a model with ``n_vocab`` embedding rows."""
-    path = folder / "tokenizer.json"
-    data = load_json(path)
-    model = data.get("model") if isinstance(data, dict) else None
+    path = facts.folder / "tokenizer.json"
+    data = facts.data("tokenizer.json")
+    model = data.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         kind = model.get("type") if isinstance(model, dict) else None
         raise ConvertError(

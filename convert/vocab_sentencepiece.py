@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from convert.json_file import load_json
 from convert.errors import ConvertError
 from convert.gguf_constants import Keys, TokenType
 from convert.special_tokens import looks_special
+from convert.tokenizer_facts import TokenizerFacts
 from convert.vocab_types import Vocab, too_big
 
 PAD_SCORE = -10000.0
@@ -28,11 +28,11 @@ ADDED_SCORE = -1000.0
 SPIECE_UNDERLINE = "\u2581"
 
 
-def _load_proto(path: Path):
+def _load_proto(path: Path) -> Any:
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
+    proto = pb.ModelProto()  # type: ignore[attr-defined]  # a generated protobuf module
     try:
         proto.ParseFromString(path.read_bytes())
     except (DecodeError, ValueError):
@@ -42,34 +42,26 @@ def _load_proto(path: Path):
     return proto
 
 
-def _added_tokens(folder: Path) -> list[tuple[int, str, bool | None, Path]]:
+def _added_tokens(facts: TokenizerFacts) -> list[tuple[int, str, bool | None, Path]]:
     """HF-side added tokens: (id, content, special flag or None when unknown, file)."""
-    found: list[tuple[int, str, bool | None, Path]] = []
-    path = folder / "added_tokens.json"
-    if path.is_file():
-        data = load_json(path)
-        if isinstance(data, dict):
-            found += [(int(i), str(text), None, path) for text, i in data.items()]
-    path = folder / "tokenizer_config.json"
+    folder = facts.folder
+    found: list[tuple[int, str, bool | None, Path]] = [
+        (int(i), str(text), None, folder / "added_tokens.json") for text, i in facts.added_tokens_json.items()]
     seen: set[int] = set()
-    if path.is_file():
-        data = load_json(path)
-        decoder = data.get("added_tokens_decoder") if isinstance(data, dict) else None
-        for key, entry in (decoder or {}).items():
-            if isinstance(entry, dict) and isinstance(entry.get("content"), str):
-                found.append((int(key), entry["content"], bool(entry.get("special")), path))
-                seen.add(int(key))
-    path = folder / "tokenizer.json"
-    if path.is_file():
-        data = load_json(path)
-        for entry in (data.get("added_tokens") or []) if isinstance(data, dict) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("content"), str) and int(entry["id"]) not in seen:
-                found.append((int(entry["id"]), entry["content"], bool(entry.get("special")), path))
+    decoder = facts.data("tokenizer_config.json").get("added_tokens_decoder")
+    for key, entry in (decoder or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            found.append((int(key), entry["content"], bool(entry.get("special")), folder / "tokenizer_config.json"))
+            seen.add(int(key))
+    for entry in facts.data("tokenizer.json").get("added_tokens") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str) and int(entry["id"]) not in seen:
+            found.append((int(entry["id"]), entry["content"], bool(entry.get("special")), folder / "tokenizer.json"))
     return found
 
 
-def read_sentencepiece(folder: Path, n_vocab: int) -> Vocab:
+def read_sentencepiece(facts: TokenizerFacts, n_vocab: int) -> Vocab:
     """The GGUF vocabulary of ``folder/tokenizer.model`` for a model with ``n_vocab`` embedding rows."""
+    folder = facts.folder
     path = folder / "tokenizer.model"
     proto = _load_proto(path)
     if len(proto.pieces) > n_vocab:
@@ -83,7 +75,7 @@ def read_sentencepiece(folder: Path, n_vocab: int) -> Vocab:
         types[i] = int(piece.type) if piece.type in TokenType._value2member_map_ else int(TokenType.NORMAL)
 
     user_defined = 0
-    for token_id, text, special, source in _added_tokens(folder):
+    for token_id, text, special, source in _added_tokens(facts):
         if token_id >= n_vocab:
             raise too_big(source, token_id + 1, n_vocab)
         is_control = (special if special is not None else False) or looks_special(text)
@@ -98,7 +90,7 @@ def read_sentencepiece(folder: Path, n_vocab: int) -> Vocab:
         tokens[token_id] = text
         scores[token_id] = ADDED_SCORE
 
-    extra: dict[str, Any] = {Keys.ADD_SPACE_PREFIX: _add_space_prefix(folder, proto)}
+    extra: dict[str, Any] = {Keys.ADD_SPACE_PREFIX: _add_space_prefix(facts, proto)}
     warnings = []
     spec = proto.normalizer_spec
     if spec.name not in ("identity", "") or spec.remove_extra_whitespaces:
@@ -112,7 +104,7 @@ def read_sentencepiece(folder: Path, n_vocab: int) -> Vocab:
             "llama.cpp puts a '▁' before text that follows one of them and transformers does not, so such text tokenizes differently "
             "(extending tokenizer.model itself avoids this)"
         )
-    if _non_legacy(folder):
+    if _non_legacy(facts):
         warnings.append(
             f"{folder}: transformers runs this SentencePiece tokenizer in non-legacy mode (no '▁' after a special token); "
             "llama.cpp, like sentencepiece and the original Llama/Mistral code, adds one, so chat prompts tokenize slightly differently"
@@ -122,21 +114,15 @@ def read_sentencepiece(folder: Path, n_vocab: int) -> Vocab:
     return Vocab("llama", "default", tokens, types, scores, None, extra, warnings)
 
 
-def _non_legacy(folder: Path) -> bool:
+def _non_legacy(facts: TokenizerFacts) -> bool:
     """Whether transformers' tokenizer.json prepends '▁' only to the first text segment."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        return False
-    data = load_json(path)
-    pre = data.get("pre_tokenizer") if isinstance(data, dict) else None
+    pre = facts.data("tokenizer.json").get("pre_tokenizer")
     steps = (pre.get("pretokenizers") or []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     return any(isinstance(s, dict) and s.get("type") == "Metaspace" and s.get("prepend_scheme") == "first" for s in steps)
 
 
-def _add_space_prefix(folder: Path, proto) -> bool:
-    config_path = folder / "tokenizer_config.json"
-    if config_path.is_file():
-        config = load_json(config_path)
-        if isinstance(config, dict) and isinstance(config.get("add_prefix_space"), bool):
-            return config["add_prefix_space"]
+def _add_space_prefix(facts: TokenizerFacts, proto: Any) -> bool:
+    value = facts.data("tokenizer_config.json").get("add_prefix_space")
+    if isinstance(value, bool):
+        return value
     return bool(proto.normalizer_spec.add_dummy_prefix)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from convert.errors import ConvertError
 from cvlocal import __version__
-from cvlocal.errors import WorkError
+from cvlocal.errors import UsageError, WorkError
 from cvlocal.heap import tune_malloc
 
 # Help lists the commands in the order of the pipeline; any other module found is appended.
@@ -97,11 +97,15 @@ class _NoteHandler(logging.Handler):
             sys.stderr.write(f"cvlocal: note: {' '.join(record.getMessage().split())}\n")
 
 
+NOTE_LOGGERS = ("convert", "cvlocal.outputs")  # the converter library's and the output policy's notes
+
+
 def _route_library_notes(quiet: bool) -> logging.Handler:
-    logger = logging.getLogger("convert")
     handler = _NoteHandler(quiet)
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name in NOTE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
     return handler
 
 
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _route_library_notes(getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
-    except ConvertError as err:
+    except (UsageError, ConvertError) as err:  # bad usage, or bad input the library found
         if debug:
             traceback.print_exc()
         sys.stderr.write(f"cvlocal: error: {err}\n")
@@ -137,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"cvlocal: error: {os_error_line(err)}\n")
         return 1
     finally:
-        logging.getLogger("convert").removeHandler(handler)
+        for name in NOTE_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
 
 
 if __name__ == "__main__":

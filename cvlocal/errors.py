@@ -2,22 +2,26 @@
 
 ``UsageError`` (exit 2) is bad usage or bad input: it must name the file and the fix.
 ``WorkError`` (exit 1) is a failure of the work itself on good input.
-``convert.errors.ConvertError`` is treated as bad input too (exit 2).
+``convert.errors.ConvertError`` (the library's bad input) is treated as bad input too (exit 2),
+but the two are separate classes: the library knows nothing of cvlocal's flags and policy, and
+cvlocal code that catches the library's errors does not catch its own usage errors by accident.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from convert.errors import ConvertError
+from convert.errors import one_line
 
 
-class UsageError(ConvertError):
-    """Bad usage or bad input (exit 2). Same one-line form as ConvertError: ``PATH: what. fix``."""
+class UsageError(Exception):
+    """Bad usage or bad input (exit 2), in the library's one-line form: ``PATH: what. fix``."""
 
     exit_code = 2
 
     def __init__(self, message: str, path: str | Path | None = None, fix: str | None = None) -> None:
-        super().__init__(message, path, fix)
+        self.path = Path(path) if path is not None else None
+        self.fix = fix
+        super().__init__(one_line(message, path, fix))
 
 
 class WorkError(Exception):

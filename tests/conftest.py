@@ -12,6 +12,7 @@ import pytest
 
 from tests.factory import Family, make_family
 from tests.gguf_fixtures import *  # noqa: F401,F403  (tiny_gguf)
+from tests.imatrix_fixtures import tiny_imatrix  # noqa: F401  (a session fixture for every test file)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from convert.gguf_constants import GGMLType, GGUFValueType
 from convert.gguf_writer import GGUFWriter
 from convert.metadata import file_name, name_parts, size_label
 from convert.pretokenizers import detect_pre_tokenizer
-from convert.quant_tables import NEEDS_IMATRIX, OUTTYPES, outtype, parse_outtypes, require_imatrix
+from convert.quant_tables import NEEDS_IMATRIX, OUTTYPES, outtype, require_imatrix
+from cvlocal.outputs.types import parse_outtypes
 from convert.quantize_q8 import dequantize_q8_0, quantize_q8_0
 from convert.tensor_encoding import encode
 from convert.tensor_plan import permute_rotary, tensor_type

@@ -209,7 +209,8 @@ def test_16_bit_and_q8_0_logits_stay_within_bounds(kind, outtype, tiny_family, c
 
 @pytest.mark.parametrize("kind,qtypes", [("llama3", ("q4_k_m", "q6_k")), ("qwen2", ("q4_k_m", "q5_k_m")), ("mistral", ("q4_k_m",))])
 def test_k_quants_load_and_generate(kind, qtypes, tiny_family, tmp_path):
-    from convert import output_paths, write_ggufs
+    from cvlocal.outputs.gguf import write_ggufs
+    from cvlocal.outputs.names import output_paths
 
     folder = tiny_family(kind).chat
     outputs = output_paths(tmp_path, list(qtypes), folder)
@@ -361,7 +362,7 @@ def test_metadata_is_what_llama_cpp_reads(kind, tiny_family, tiny_gguf):
     # The size label counts the GGUF's parameters, the file name follows the convention.
     reader = gguf.GGUFReader(path)
     n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
-    from convert import gguf_file_name
+    from cvlocal.outputs.names import gguf_file_name
     from convert.metadata import size_label
 
     assert meta["general.size_label"] == size_label(n_params)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from convert import output_paths, write_gguf, write_ggufs
+from cvlocal.outputs.gguf import write_gguf, write_ggufs
+from cvlocal.outputs.names import output_paths
 from convert.checkpoint import open_checkpoint
 
 

@@ -20,7 +20,6 @@ from cvlocal.evaluation.languages import LANGS  # noqa: E402
 from cvlocal.evaluation.runner import EvalRequest, run_evaluation  # noqa: E402
 from cvlocal.evaluation.suites import SUITES, SUITES_DIR, load_suites  # noqa: E402
 from cvlocal.session import ChatSession, complete_text, load_llama  # noqa: E402
-from tests.gguf_fixtures import tiny_gguf  # noqa: E402,F401  (session fixture)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ the model's GGUF and against the keys common/imatrix-loader.cpp looks up.
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import gguf
 import numpy as np

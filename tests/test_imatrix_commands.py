@@ -11,7 +11,6 @@ import gguf
 import pytest
 
 from convert.imatrix_file import read_imatrix, write_imatrix_gguf
-from tests.imatrix_fixtures import tiny_imatrix  # noqa: F401 (a fixture)
 from tests.merge_helpers import assert_one_line_error, cli, leftovers
 
 
@@ -78,7 +77,7 @@ def test_one_pass_merge_quantizes_with_the_matrix(tiny_family, tmp_path, tiny_im
 def test_release_records_the_matrix_in_card_and_files(tiny_gguf, tmp_path, tiny_imatrix):
     import hashlib
 
-    from convert.quant_tables import parse_outtypes
+    from cvlocal.outputs.types import parse_outtypes
     from cvlocal.release.pipeline import ReleaseRequest, release
 
     out = tmp_path / "rel"

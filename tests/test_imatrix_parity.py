@@ -21,7 +21,10 @@ def _imatrix(path: Path, entries: dict[str, tuple[np.ndarray, float]]) -> Path:
     for name, (sums, count) in entries.items():
         w.add_tensor(f"{name}.in_sum2", sums.astype(np.float32).reshape(1, -1))
         w.add_tensor(f"{name}.counts", np.array([[count]], dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return path
 
 
@@ -44,7 +47,10 @@ def _model(path: Path, name: str, data: np.ndarray) -> Path:
     w = gguf.GGUFWriter(path, arch="llama")
     w.add_name(name)
     w.add_tensor("blk.0.attn_q.weight", data)
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return path
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from convert.atomic import partial_path
-from convert.output_policy import overlap
+from cvlocal.outputs.atomic import partial_path
+from cvlocal.outputs.overlap import overlap
 from tests.merge_helpers import ROOT, assert_one_line_error, cli, cli_proc
 
 def _digest(path: Path) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from convert.imatrix_file import Imatrix, read_imatrix, write_imatrix_gguf
-from tests.imatrix_fixtures import tiny_imatrix  # noqa: F401 (a fixture)
 from tests.merge_helpers import ROOT, assert_one_line_error, cli, leftovers
 
 

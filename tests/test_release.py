@@ -23,7 +23,7 @@ pytest.importorskip("llama_cpp")
 from cvlocal.cli import main as cli_main  # noqa: E402
 from cvlocal.release import pipeline  # noqa: E402
 from cvlocal.release.pipeline import ReleaseRequest, release  # noqa: E402
-from convert.quant_tables import parse_outtypes  # noqa: E402
+from cvlocal.outputs.types import parse_outtypes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_TYPES = {"Q4_K_M": 15, "Q8_0": 7, "F16": 1}

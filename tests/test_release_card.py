@@ -184,8 +184,8 @@ def test_eval_summary_of_a_cvlocal_report(tmp_path):
     lines = summary_markdown(load_eval_report(path), path.name)
     text = "\n".join(lines)
     assert "| suite | metric | `cp` | `cp+v` |" in text
-    assert any(l.startswith("| safety | refusal (harmful)") and "10.0%" in l and "85.0%" in l for l in lines)
-    assert any(l.startswith("| dialogue | ended by itself") and "0.0%" in l and "97.0%" in l for l in lines)
+    assert any(row.startswith("| safety | refusal (harmful)") and "10.0%" in row and "85.0%" in row for row in lines)
+    assert any(row.startswith("| dialogue | ended by itself") and "0.0%" in row and "97.0%" in row for row in lines)
     assert "lexicon word lists" in text
 
 

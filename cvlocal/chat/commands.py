@@ -345,7 +345,7 @@ def run_command(host: Host, line: str) -> object | None:
         return None
     try:
         return entry[2](host, arg.strip())
-    except ConvertError as err:  # UsageError included: already "PATH: what. fix"
+    except (UsageError, ConvertError) as err:  # already "PATH: what. fix"
         message = str(err)
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""

@@ -157,10 +157,24 @@ class OpenAIEdge:
         return hmac.compare_digest(headers.get(b"authorization", b""), f"Bearer {self.api_key}".encode())
 
 
+def _group_type() -> type[BaseException] | None:
+    """Exception groups: built in from Python 3.11, the ``exceptiongroup`` backport (anyio's) before."""
+    import builtins
+
+    found = getattr(builtins, "BaseExceptionGroup", None)
+    if found is None:
+        try:
+            from exceptiongroup import BaseExceptionGroup as found
+        except ImportError:
+            return None
+    return found
+
+
 def _leaves(err: BaseException) -> Iterator[BaseException]:
     """The exceptions inside (nested) exception groups (anyio task groups raise groups)."""
-    if isinstance(err, BaseExceptionGroup):
-        for inner in err.exceptions:
+    group = _group_type()
+    if group is not None and isinstance(err, group):
+        for inner in err.exceptions:  # type: ignore[attr-defined]
             yield from _leaves(inner)
     else:
         yield err

@@ -16,22 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from convert.tokenizer_facts import END_OF_TURN
 from cvlocal.errors import UsageError
 from cvlocal.llama.chat_format import formatter_response, jinja_format, named_format
 from cvlocal.llama.facts import token_text
 
 # End-of-turn / end-of-text token texts used by the families cvlocal supports (and a few more).
 # A text counts only if the model's vocabulary has it as one special token.
-KNOWN_END_TEXTS = (
-    "</s>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end_of_text|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|end|>",
-    "<end_of_turn>",
-)
+# The end-of-turn markers are the converter's own list (convert.tokenizer_facts.END_OF_TURN).
+KNOWN_END_TEXTS = ("</s>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", *END_OF_TURN)
 
 # llama-cpp-python's registered text formats (name -> formatter function in llama_chat_format).
 NAMED_FORMATS = {

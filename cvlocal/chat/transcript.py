@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convert.atomic import partial_path
+from cvlocal.outputs.atomic import partial_path
 from cvlocal.errors import UsageError
 from cvlocal.session import Turn
 

@@ -1,4 +1,4 @@
-"""Option checks every command runs before any work (the output-path policy is ``convert.output_policy``)."""
+"""Option checks every command runs before any work (the output-path policy is ``cvlocal.outputs.overlap``)."""
 from __future__ import annotations
 
 from cvlocal.errors import UsageError

@@ -38,11 +38,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert import QuantizeError, output_paths, write_ggufs
+    from convert import QuantizeError
+    from cvlocal.outputs.gguf import write_ggufs
+    from cvlocal.outputs.names import output_paths
     from convert.checkpoint import open_checkpoint
     from cvlocal.errors import WorkError
 
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
     from cvlocal.commands._checks import at_least
 
     quiet = args.quiet or args.json
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         written = write_ggufs(
-            args.model, outputs, threads=args.threads, force=args.force, metadata=metadata,
+            args.model, outputs, threads=args.threads, force=args.force, inputs=[args.model, _imatrix_input(args)], metadata=metadata,
             on_progress=on_progress, on_stage=on_stage, on_warning=on_warning, quantize=quantize,
         )
         if task is not None:
@@ -103,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _quantize_options(args: argparse.Namespace, outputs: list[Path]):
     """Check the outputs and the quantize flags, then resolve ``--imatrix auto`` (computed from the source)."""
-    from convert.atomic import check_output_path
-    from convert.quant_tables import parse_outtypes, parse_tensor_type, require_imatrix
+    from cvlocal.outputs.atomic import check_output_path
+    from convert.quant_tables import require_imatrix
+    from cvlocal.outputs.types import parse_outtypes, parse_tensor_type
     from cvlocal.imatrix.auto import needs_imatrix, options_for, resolve_imatrix
 
     for path in outputs:

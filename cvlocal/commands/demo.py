@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from cvlocal.demo.report import print_report
     from cvlocal.demo.runner import run_demo
 
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
     from cvlocal.commands._checks import at_least
 
     at_least("--threads", args.threads)

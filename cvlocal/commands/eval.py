@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _refuse_outputs_over_inputs(args: argparse.Namespace, inputs: list) -> None:
     """The --out folder is written into, not replaced: the files it gets (and its cache) must not be inputs."""
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
 
     refuse_overlap([args.out / name for name in ("report.json", "report.md", "items.jsonl", "cache")], inputs)
 

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
 
     refuse_overlap([args.output], [args.base, args.chat, args.check])
     if args.output.suffix.lower() == ".gguf":

@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.output_names import fill_type, has_placeholder
-    from convert.quant_tables import parse_outtypes
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.names import fill_type, has_placeholder
+    from cvlocal.outputs.types import parse_outtypes
+    from cvlocal.outputs.overlap import refuse_overlap
     from cvlocal.commands._checks import at_least
     from cvlocal.vector.merge import merge_models, parse_vector_arg
 
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _quantize_options(args: argparse.Namespace):
     """--imatrix FILE and --tensor-type for a one-pass GGUF output, checked before any merge work."""
-    from convert.quant_tables import parse_outtypes, parse_tensor_type, require_imatrix
+    from convert.quant_tables import require_imatrix
+    from cvlocal.outputs.types import parse_outtypes, parse_tensor_type
     from cvlocal.errors import UsageError
     from cvlocal.imatrix.auto import needs_imatrix, options_for
 

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert import QuantizeError, quantize_gguf
+    from convert import QuantizeError
+    from cvlocal.outputs.gguf import quantize_gguf
     from convert.convert_model import RequantizeRefused
     from convert.quant_tables import outtype, require_imatrix
     from cvlocal.errors import UsageError, WorkError

@@ -103,11 +103,11 @@ def _table(report: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.quant_tables import parse_outtypes
+    from cvlocal.outputs.types import parse_outtypes
     from cvlocal.release.card import parse_languages
     from cvlocal.release.pipeline import ReleaseRequest, release
 
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
     from cvlocal.commands._checks import at_least
 
     at_least("--threads", args.threads)

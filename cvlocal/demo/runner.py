@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from convert.atomic import atomic_output, check_output_path
+from cvlocal.outputs.atomic import atomic_output, check_output_path
 from cvlocal.demo.bundle import DemoBundle, Prompt, load_bundle
 from cvlocal.demo.scoring import Score, rates, score_reply
 from cvlocal.ui import item_progress, say
@@ -59,7 +59,7 @@ class ModelResult:
 
 def build_models(bundle: DemoBundle, folder: Path, *, threads: int | None, quiet: bool) -> dict[str, Path]:
     """Write the three q8_0 GGUFs into ``folder``; return them by key."""
-    from convert import convert_checkpoint
+    from cvlocal.outputs.gguf import convert_checkpoint
     from cvlocal.vector.merge import merge_models
 
     paths = {key: folder / name for key, _, name in MODELS}

@@ -124,7 +124,7 @@ def labelled_for_judge(langs: Sequence[str], limit: int = JUDGE_LABELLED) -> lis
 
     def interleave(group: list[Any]) -> list[Any]:
         by_lang = [[r for r in group if r.lang == lang] for lang in langs]
-        return [r for tier in zip(*[l + [None] * (max(map(len, by_lang)) - len(l)) for l in by_lang])
+        return [r for tier in zip(*[items + [None] * (max(map(len, by_lang)) - len(items)) for items in by_lang])
                 for r in tier if r is not None]
 
     good = interleave([r for r in rows if acceptable(r)])

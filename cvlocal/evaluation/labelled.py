@@ -176,5 +176,5 @@ def markdown_table(table: dict[str, dict[str, dict[str, Any]]], langs: Sequence[
         return " / ".join(parts)
     lines = ["| detector | all | " + " | ".join(langs) + " |", "|---|---|" + "---|" * len(langs)]
     for detector, per_lang in table.items():
-        lines.append(f"| {detector} | " + " | ".join(cell(per_lang.get(l)) for l in ["all", *langs]) + " |")
+        lines.append(f"| {detector} | " + " | ".join(cell(per_lang.get(lang)) for lang in ["all", *langs]) + " |")
     return lines

@@ -206,7 +206,7 @@ def score_replies(request: RepliesRequest, write: bool = True) -> dict[str, Any]
     scores = _scores(request, lines)
     names = list(dict.fromkeys(line.model for line in lines))
     suites = [s for s in SUITES if any(line.item.suite == s for line in lines)]
-    langs = [l for l in LANGS if any(line.item.lang == l for line in lines)]
+    langs = [lang for lang in LANGS if any(line.item.lang == lang for line in lines)]
     all_results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for index, line in enumerate(lines):
         all_results[line.model].append(evaluate_item(line.item, line.record, scores.get(index)))

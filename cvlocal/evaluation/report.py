@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from convert.atomic import atomic_output
+from cvlocal.outputs.atomic import atomic_output
 from cvlocal import __version__
 from cvlocal.evaluation.languages import LANG_NAMES
 from cvlocal.evaluation.metrics import METRICS, Metric
@@ -227,10 +227,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             out += _md_warnings(report, lang)
     if report.get("judge_agreement"):
         out += ["", "## Judge agreement with the labelled reference set", ""] + judge_agreement_lines(report["judge_agreement"])
-    out += ["", "## Items", "", "| suite | " + " | ".join(LANG_NAMES.get(l, l) for l in s["langs"]) + " |",
+    out += ["", "## Items", "", "| suite | " + " | ".join(LANG_NAMES.get(lang, lang) for lang in s["langs"]) + " |",
             "|---|" + "---|" * len(s["langs"])]
     for suite, info in report["suites"].items():
-        out.append(f"| {suite} | " + " | ".join(str(info["items"].get(l, 0)) for l in s["langs"]) + " |")
+        out.append(f"| {suite} | " + " | ".join(str(info["items"].get(lang, 0)) for lang in s["langs"]) + " |")
     timed = [m for m in report["models"] if m.get("speed")]
     if timed:
         out += ["", "## Speed (items per minute, model loading excluded)", "",

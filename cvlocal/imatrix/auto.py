@@ -25,11 +25,11 @@ def compute_to_file(
     **options: Any,
 ):
     """Compute the matrix of ``model`` (``options``: see ``collect.compute_imatrix``) and write ``out`` atomically."""
-    from convert.atomic import atomic_output, check_output_path
+    from cvlocal.outputs.atomic import atomic_output, check_output_path
     from convert.imatrix_file import write_imatrix_dat, write_imatrix_gguf
     from cvlocal.imatrix.collect import compute_imatrix
 
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
 
     check_output_path(out, force)
     refuse_overlap([out], [model, *(options.get("text_files") or ())])
@@ -81,7 +81,7 @@ def options_for(imatrix: Path | None, tensor_types: Sequence[str], allow_requant
     """
     from convert.imatrix_file import read_imatrix
     from convert.llama_quantize import QuantizeOptions, imatrix_metadata
-    from convert.quant_tables import parse_tensor_type
+    from cvlocal.outputs.types import parse_tensor_type
 
     overrides = tuple(parse_tensor_type(spec) for spec in tensor_types)
     metadata = imatrix_metadata(imatrix, read_imatrix(imatrix)) if imatrix is not None else {}

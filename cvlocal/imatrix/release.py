@@ -26,7 +26,8 @@ def _is_auto(spec: str | Path | None) -> bool:
 def check_request(req: Any) -> None:
     """Refuse bad --imatrix / --tensor-type input, or a type needing a matrix without one (exit 2)."""
     from convert.imatrix_file import read_imatrix
-    from convert.quant_tables import parse_tensor_type, require_imatrix
+    from convert.quant_tables import require_imatrix
+    from cvlocal.outputs.types import parse_tensor_type
     from cvlocal.imatrix.auto import needs_imatrix
 
     overrides = [parse_tensor_type(spec) for spec in req.tensor_types]
@@ -51,7 +52,7 @@ def quantize_identity(identity: str, req: Any) -> str:
 
 def prepare_quantize(req: Any, source: Path, out: Path, progress: Any) -> tuple[Any, list[str] | None]:
     """QuantizeOptions for every type, and the card's lines; ``auto`` computes the matrix into ``out``."""
-    from convert.atomic import atomic_output
+    from cvlocal.outputs.atomic import atomic_output
     from convert.imatrix_file import read_imatrix, write_imatrix_gguf
     from cvlocal.imatrix.auto import options_for
 

@@ -1,7 +1,7 @@
 """GGUF releases: several quantizations of one model, a quality table, a card, checksums and Modelfiles.
 
     from cvlocal.release import ReleaseRequest, release
-    from convert.quant_tables import parse_outtypes
+    from cvlocal.outputs.types import parse_outtypes
     report = release(ReleaseRequest(source=Path("merged"), out=Path("rel"), types=parse_outtypes("q4_k_m,q8_0")))
     report.outcomes        # one TypeOutcome per type: status, file, sha256, size, bits/weight, quality
     report.failed          # types left out, with the reason

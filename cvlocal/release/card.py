@@ -149,7 +149,7 @@ def _front_matter(c: CardInput) -> list[str]:
     languages = hub_languages(c.languages)
     if languages:
         lines.append("language:")
-        lines += [f"- {l}" for l in languages]
+        lines += [f"- {lang}" for lang in languages]
     lines += ["tags:", "- gguf", "- llama.cpp", "- cvlocal", "- chat-vector", "quantized_by: cvlocal", "---", ""]
     return lines
 
@@ -186,7 +186,7 @@ def language_table(rows: list[FileRow], languages: list[str], tokens: dict[str, 
         n = tokens.get(lang)
         return f"{LANGUAGE_NAMES.get(lang, lang)} ({n} tokens) KLD / top-1" if n else f"{LANGUAGE_NAMES.get(lang, lang)} KLD / top-1"
 
-    lines = ["| Type | " + " | ".join(head(l) for l in languages) + " |", "|---|" + "---:|" * len(languages)]
+    lines = ["| Type | " + " | ".join(head(lang) for lang in languages) + " |", "|---|" + "---:|" * len(languages)]
     for r in measured:
         cells = []
         for lang in languages:
@@ -315,10 +315,10 @@ def render_card(c: CardInput) -> str:
         lines += ["No file passed its checks, so none is shipped; see the failures below.", ""]
     q = c.quality
     if q:
-        names = ", ".join(LANGUAGE_NAMES.get(l, l) for l in q.languages)
+        names = ", ".join(LANGUAGE_NAMES.get(lang, lang) for lang in q.languages)
         reference = (f"the reference `{q.reference_file}` ({q.reference_label})" if q.reference_file
                      else f"a {q.reference_label} conversion of the source (lossless for its weights; not shipped)")
-        counts = sorted(set(q.tokens_per_language.get(l) for l in q.languages) - {None})
+        counts = sorted(set(q.tokens_per_language.get(lang) for lang in q.languages) - {None})
         per_language = (f"{counts[0]} tokens per language" if len(counts) == 1
                         else f"{counts[0]}-{counts[-1]} tokens per language" if counts else "")
         lines += [
@@ -348,7 +348,7 @@ def render_card(c: CardInput) -> str:
         lines += [f"- **{t}**: {reason}" for t, reason in c.failed.items()] + [""]
     lines += ["## Provenance", "", f"Converted from the {c.provenance.source}.", ""]
     if c.languages:
-        named = ", ".join(f"{LANGUAGE_NAMES[l]} (`{l}`)" if l in LANGUAGE_NAMES else f"`{l}`" for l in c.languages)
+        named = ", ".join(f"{LANGUAGE_NAMES[lang]} (`{lang}`)" if lang in LANGUAGE_NAMES else f"`{lang}`" for lang in c.languages)
         lines += [f"Languages: {named}" + (f", {c.languages_from}." if c.languages_from else "."), ""]
     if c.provenance.base_models:
         lines += ["Base models: " + ", ".join(f"`{b}`" for b in c.provenance.base_models) + ".", ""]

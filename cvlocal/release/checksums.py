@@ -5,7 +5,7 @@ import hashlib
 from pathlib import Path
 from typing import Callable, Mapping
 
-from convert.atomic import atomic_output
+from cvlocal.outputs.atomic import atomic_output
 
 SUMS_NAME = "SHA256SUMS"
 _CHUNK = 8 << 20

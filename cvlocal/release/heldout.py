@@ -38,7 +38,7 @@ def load_heldout(folder: Path | None = None) -> dict[str, str]:
     if not texts:
         raise UsageError("no non-empty .txt files", folder, "Put one UTF-8 .txt file per language in the folder.")
     rank = {lang: i for i, lang in enumerate(LANGUAGE_ORDER)}
-    return {lang: texts[lang] for lang in sorted(texts, key=lambda l: (rank.get(l, len(rank)), l))}
+    return {lang: texts[lang] for lang in sorted(texts, key=lambda name: (rank.get(name, len(rank)), name))}
 
 
 def heldout_digest(texts: dict[str, str]) -> str:

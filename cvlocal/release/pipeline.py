@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from convert.atomic import atomic_output, check_output_path, partial_path, remove_path, remove_stale_partials
+from cvlocal.outputs.atomic import atomic_output, check_output_path, partial_path, remove_path, remove_stale_partials
 from convert.gguf_constants import Keys
 from convert.quant_tables import OutType
 from cvlocal.errors import UsageError, WorkError
@@ -132,14 +132,14 @@ class Progress:
 def convert_reference(model_dir: Path, out: Path, outtype: str, *, threads: int | None, metadata: dict[str, Any],
                       on_progress: Callable[[str, int], None] | None) -> Path:
     """Convert the HF folder once to the lossless GGUF (convert's converter, atomic)."""
-    from convert.convert_model import convert_checkpoint
+    from cvlocal.outputs.gguf import convert_checkpoint
 
     return convert_checkpoint(model_dir, out, outtype, threads=threads, force=True, metadata=metadata, on_progress=on_progress)
 
 
 def build_file(reference: Path, out: Path, qtype: str, *, threads: int | None, quantize: Any = None) -> None:
     """Make one type from the reference (llama.cpp's quantizer, or convert's writer for direct types)."""
-    from convert.convert_model import quantize_gguf
+    from cvlocal.outputs.gguf import quantize_gguf
 
     quantize_gguf(reference, out, qtype, threads=threads, force=True, quantize=quantize)
 
@@ -275,9 +275,9 @@ class Release:
             reference_label=src.lossless.label,
             reference_file=shipped_reference or (ref_path.name if src.is_gguf else None),
             n_ctx=n_ctx, windows=len(windows.languages), tokens=windows.scored_tokens,
-            languages=[l for l in self.texts if l not in windows.skipped], skipped_languages=windows.skipped,
-            tokens_per_language={l: windows.languages.count(l) * scoring.scored_count(n_ctx) for l in self.texts
-                                 if l not in windows.skipped},
+            languages=[lang for lang in self.texts if lang not in windows.skipped], skipped_languages=windows.skipped,
+            tokens_per_language={lang: windows.languages.count(lang) * scoring.scored_count(n_ctx) for lang in self.texts
+                                 if lang not in windows.skipped},
         )
         if not self.languages:
             self.progress.note("the source names no language (model card `language`, general.languages): "

@@ -19,6 +19,7 @@ from convert.errors import ConvertError
 from convert.gguf_constants import GGMLType, Keys
 from convert.gguf_reader import read_gguf
 from convert.hub_cache import model_folder
+from convert.tokenizer_facts import read_tokenizer_facts
 from convert.quant_tables import FTYPE_LABELS, OUTTYPES, OutType
 from cvlocal.errors import UsageError
 from cvlocal.release.card import Provenance, language_tags
@@ -62,9 +63,7 @@ def _open_hf(folder: Path) -> Source:
 
     ckpt = open_checkpoint(folder)
     try:
-        if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
-            raise UsageError("no tokenizer (tokenizer.json or tokenizer.model)", folder,
-                             "Copy the tokenizer files of the model into the folder.")
+        read_tokenizer_facts(folder, require_tokenizer=True)  # the converter's reader: a bad file fails now
         plan = {n: (ckpt.dtype(n), ckpt.shape(n)) for n in ckpt.names()}
         lossless = OUTTYPES[_GGML_OUTTYPE[lossless_type(plan)]]
         # The converter's own checks (architecture, tensor plan, tokenizer), without reading weights,

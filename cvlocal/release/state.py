@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convert.atomic import atomic_output
+from cvlocal.outputs.atomic import atomic_output
 
 STATE_NAME = ".release-state.json"
 FORMAT_VERSION = 1

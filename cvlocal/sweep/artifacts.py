@@ -35,7 +35,7 @@ def _short(*parts: object) -> str:
 def _build_once(path: Path, build: Callable[[Path], None]) -> int:
     """Build ``path`` through a temporary name unless it exists; bytes written (0 when cached).
     Two workers building the same file both finish and the rename of the second is harmless."""
-    from convert.atomic import partial_path
+    from cvlocal.outputs.atomic import partial_path
 
     if path.is_file():
         return 0
@@ -112,7 +112,7 @@ def build_point_model(task: PointTask) -> tuple[str, int]:
 def remove_stale_builds(cache_dir: Path) -> list[Path]:
     """Partial GGUFs left by a build that was killed (SIGKILL, power loss), so the disk stays bounded.
     Only for a cache this host alone writes: a PID names a process of this machine."""
-    from convert.atomic import remove_stale_partials
+    from cvlocal.outputs.atomic import remove_stale_partials
 
     return remove_stale_partials(Path(cache_dir) / "gguf")
 

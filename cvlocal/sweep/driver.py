@@ -79,7 +79,7 @@ def _sources(args: argparse.Namespace) -> tuple[Path | None, Path | None, tuple[
 
 def prepare(args: argparse.Namespace) -> Sweep:
     """Check every option and input and plan the tasks (no model work)."""
-    from convert.quant_tables import parse_outtypes
+    from cvlocal.outputs.types import parse_outtypes
     from cvlocal.commands._checks import at_least
     from cvlocal.commands.sweep import SWEEP_SUITES
     from cvlocal.sweep.pick import check_pick
@@ -122,7 +122,7 @@ def prepare(args: argparse.Namespace) -> Sweep:
 
 
 def _check_out(args: argparse.Namespace, inputs: list[Path]) -> None:
-    from convert.output_policy import refuse_overlap
+    from cvlocal.outputs.overlap import refuse_overlap
 
     out = args.out
     if out.exists() and not out.is_dir():

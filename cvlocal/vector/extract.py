@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cvlocal import __version__
-from convert.atomic import atomic_output, check_output_path
+from cvlocal.outputs.atomic import atomic_output, check_output_path
 from convert.checkpoint import TOKENIZER_FILES, Checkpoint
 from convert.safetensors_format import StreamingWriter
 from cvlocal.errors import UsageError
@@ -39,9 +39,10 @@ def _copy_chat_side(chat: Checkpoint, folder: Path) -> None:
             shutil.copyfile(chat.path / name, folder / name)
 
 
-def _write_special_rows(chat: Checkpoint, table: tk.TokenTable, template: str | None, path: Path) -> list[dict[str, Any]]:
+def _write_special_rows(chat: Checkpoint, source: DeltaSource, template: str | None, path: Path) -> list[dict[str, Any]]:
     """Store the chat model's rows for every special token, so --special-tokens works from the vector."""
-    ids = sorted(table.special | set(tk.eos_ids(chat.path, table)) | set(tk.template_special_ids(table, template)))
+    table = source.chat_tokens()
+    ids = sorted(table.special | set(source.eos_ids()) | set(tk.special_ids_in_template(table, template)))
     vocab = table.tokens
     plan: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     tensors: dict[str, torch.Tensor] = {}
@@ -116,8 +117,8 @@ def extract_vector(
             main_dtype = torch_dtype or max({d for _, d, _ in tensors}, key=lambda d: sum(chat_ck.nbytes(n) for n, dd, _ in tensors if dd == d))
             write_config(tmp, chat_ck.config, main_dtype, [])
             _copy_chat_side(chat_ck, tmp / TOKENIZER_DIR)
-            special = _write_special_rows(chat_ck, chat_table, template, tmp / SPECIAL_ROWS)
-            eos = tk.eos_ids(chat_ck.path, chat_table)
+            special = _write_special_rows(chat_ck, source, template, tmp / SPECIAL_ROWS)
+            eos = source.eos_ids()
             vocab = chat_table.tokens
             manifest = {
                 "format": FORMAT,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convert.atomic import atomic_output, check_output_path
+from cvlocal.outputs.atomic import atomic_output, check_output_path
 from convert.tensor_plan import permute_rotary
 from cvlocal import __version__
 from cvlocal.errors import UsageError

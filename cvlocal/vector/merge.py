@@ -19,10 +19,11 @@ from typing import Any, Iterator
 
 import torch
 
-from convert.atomic import atomic_output, check_output_path, scratch
+from cvlocal.outputs.atomic import atomic_output, check_output_path, scratch
 from convert.checkpoint import Checkpoint, open_checkpoint
 from convert.hub_cache import display_name
-from convert.quant_tables import parse_outtypes
+from cvlocal.outputs.types import parse_outtypes
+from convert.tokenizer_facts import read_tokenizer_facts
 from cvlocal.errors import UsageError
 from cvlocal.ui import say, warn
 from cvlocal.vector import tokens as tk
@@ -34,7 +35,7 @@ from cvlocal.vector.hf_output import parse_size, stream_to_folder, tensor_bytes
 from cvlocal.vector.pipeline import Chunk, compute_threads, plan_chunks, run_pipeline
 from cvlocal.vector.progress_sink import tensor_progress
 from cvlocal.vector.roles import is_embedding, is_vocab_tensor
-from cvlocal.vector.side_files import read_generation_config, read_side_files, write_config, write_generation_config, write_tokenizer
+from cvlocal.vector.side_files import write_config, write_generation_config, write_tokenizer
 from cvlocal.vector.sources import DeltaSource
 
 EMBEDDING_MODES = ("auto", "add", "overlap", "skip")
@@ -123,8 +124,8 @@ def _decide_special_tokens(plan: MergePlan, spec: str) -> None:
     source = plan.sources[0]
     chat_table = source.chat_tokens()
     if spec == "auto":
-        ids = tk.template_special_ids(chat_table, source.chat_template())
-        ids += [i for i in tk.eos_ids(source.chat_dir, chat_table) if i not in ids]
+        ids = tk.special_ids_in_template(chat_table, source.chat_template())
+        ids += [i for i in source.eos_ids() if i not in ids]
         pairs = tk.map_by_text(plan.cp_vocab, [(i, plan.chat_vocab[i]) for i in ids if i < len(plan.chat_vocab) and plan.chat_vocab[i]])
     else:
         pairs = []
@@ -156,13 +157,13 @@ def plan_merge(cp_path: Path, sources: list[DeltaSource], *, embeddings: str, sp
     cp = open_checkpoint(cp_path)
     check_compatible(cp, sources)
     plan = MergePlan(cp=cp, sources=sources, dtypes={n: dtype or cp.dtype(n) for n in cp.names()})
-    cp_table = tk.read_token_table(cp.path)
+    cp_facts = read_tokenizer_facts(cp.path)
+    cp_table = cp_facts.table
     plan.cp_vocab = cp_table.ids()
     plan.chat_vocab = sources[0].chat_tokens().tokens
     _decide_embeddings(plan, embeddings, cp_table)
     _decide_special_tokens(plan, special_tokens)
-    read_side_files(cp.path)  # every side file is checked now, before the first tensor is read
-    read_generation_config(cp.path)
+    cp_facts.generation  # noqa: B018  (every side file is checked now, before the first tensor is read)
     sources[0].generation_config()
     return plan
 
@@ -222,12 +223,13 @@ def _write_side_files(plan: MergePlan, folder: Path) -> None:
     """config.json, tokenizer (CP vocab, chat template and eos), generation_config.json."""
     source = plan.sources[0]
     chat_gen = source.generation_config()
-    cp_gen = read_generation_config(plan.cp.path)
+    cp_facts = read_tokenizer_facts(plan.cp.path)
+    cp_gen = cp_facts.generation
     gen = write_generation_config(folder, chat_gen, cp_gen, plan.chat_vocab, plan.cp_vocab)
     eos = gen.get("eos_token_id")
     eos_list = [eos] if isinstance(eos, int) else list(eos or [])
     write_config(folder, plan.cp.config, _dominant_dtype(plan) or torch.float32, eos_list if chat_gen else [])
-    plan.notes += write_tokenizer(folder, plan.cp.path, source.chat_template(), source.chat_tokens().eos, plan.cp_vocab)
+    plan.notes += write_tokenizer(folder, cp_facts, source.chat_template(), source.chat_tokens().eos, plan.cp_vocab)
 
 
 def _dominant_dtype(plan: MergePlan) -> torch.dtype | None:
@@ -329,7 +331,8 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
 def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtypes: str, force: bool, quiet: bool, threads: int | None,
                     quantize: Any = None) -> list[str]:
     """One pass: the merged tensors flow straight into the GGUF writer (one file per type)."""
-    from convert import output_paths, write_ggufs  # the converter library; loaded only for GGUF output
+    from cvlocal.outputs.gguf import write_ggufs  # the converter library; loaded only for GGUF output
+    from cvlocal.outputs.names import output_paths
 
     with scratch(out, "side", directory=True) as side_dir:
         _write_side_files(plan, side_dir)

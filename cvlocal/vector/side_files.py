@@ -14,6 +14,7 @@ from typing import Any
 
 from convert.checkpoint import TOKENIZER_FILES
 from convert.json_file import JsonObject
+from convert.tokenizer_facts import GENERATION_ID_KEYS, TokenizerFacts
 from cvlocal.vector.device import dtype_name
 
 import torch
@@ -45,29 +46,17 @@ def write_config(out_dir: Path, cp_config: dict[str, Any], dtype: torch.dtype, e
     _dump(out_dir / "config.json", config)
 
 
-def read_side_files(cp_dir: Path) -> tuple[JsonObject | None, JsonObject | None]:
-    """The CP's tokenizer_config.json and special_tokens_map.json, validated (None where absent).
-
-    Called when the merge is planned, so that a malformed file fails before any tensor is read,
-    and read from the CP folder (never from the copies being written) so the error names the
-    user's file.
-    """
-    config = JsonObject.optional(cp_dir / "tokenizer_config.json")
-    special_map = JsonObject.optional(cp_dir / "special_tokens_map.json")
-    if config is not None:
-        config.token_text("eos_token")
-    if special_map is not None:
-        special_map.token_text("eos_token")
-    return config, special_map
-
-
-def write_tokenizer(out_dir: Path, cp_dir: Path, chat_template: str | None, chat_eos_text: str | None, cp_vocab: dict[str, int]) -> list[str]:
+def write_tokenizer(out_dir: Path, cp: TokenizerFacts, chat_template: str | None, chat_eos_text: str | None, cp_vocab: dict[str, int]) -> list[str]:
     """Copy the CP tokenizer, then give it the chat template and the chat model's eos token.
 
-    Returns the notes to show the user (what was taken from the chat model and what was not).
+    The CP's files are the ones ``convert.tokenizer_facts`` read and checked when the merge was
+    planned (read from the CP folder, never from the copies being written, so an error names the
+    user's file). Returns the notes to show the user (what was taken from the chat model and what
+    was not).
     """
     notes = []
-    tokenizer_config, special_map = read_side_files(cp_dir)
+    cp_dir = cp.folder
+    tokenizer_config, special_map = cp.tokenizer_config, cp.special_tokens_map
     for name in TOKENIZER_FILES:
         if (cp_dir / name).is_file() and name not in ("chat_template.jinja", "chat_template.json"):
             shutil.copyfile(cp_dir / name, out_dir / name)
@@ -95,23 +84,12 @@ def write_tokenizer(out_dir: Path, cp_dir: Path, chat_template: str | None, chat
     return notes
 
 
-SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
-def read_generation_config(folder: Path) -> JsonObject | None:
-    """A folder's generation_config.json, validated where the merge reads it (its special ids)."""
-    gen = JsonObject.optional(folder / "generation_config.json")
-    for key in SPECIAL_ID_KEYS if gen else ():
-        gen.integers(key, low=-1)  # type: ignore[union-attr]  (-1 is an old spelling of "none")
-    return gen
-
-
 def write_generation_config(out_dir: Path, chat_gen: JsonObject | None, cp_gen: JsonObject | None, chat_vocab: list[str | None], cp_vocab: dict[str, int]) -> dict[str, Any]:
     """The chat model's generation defaults with its special ids translated into the CP vocabulary."""
     chosen = chat_gen if chat_gen is not None else cp_gen
     gen = json.loads(json.dumps(chosen.data)) if chosen is not None else {}
     if chat_gen is not None:
-        for key in SPECIAL_ID_KEYS:
+        for key in GENERATION_ID_KEYS:
             if key not in gen:
                 continue
             mapped = translate_ids(chat_gen.integers(key, low=-1), chat_vocab, cp_vocab)

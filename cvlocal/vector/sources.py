@@ -15,9 +15,9 @@ import torch
 
 from convert.checkpoint import Checkpoint, open_checkpoint
 from convert.json_file import JsonObject
+from convert.tokenizer_facts import TokenizerFacts, read_tokenizer_facts
 from cvlocal.vector import tokens as tk
 from cvlocal.vector.roles import is_embedding, is_lm_head
-from cvlocal.vector.side_files import read_generation_config
 from cvlocal.vector.vector_folder import VectorFolder, open_vector_folder
 
 
@@ -30,7 +30,7 @@ class DeltaSource:
     vector: VectorFolder | None = None
     base: Checkpoint | None = None
     chat: Checkpoint | None = None
-    _chat_table: tk.TokenTable | None = field(default=None, repr=False)
+    _chat_facts: TokenizerFacts | None = field(default=None, repr=False)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -69,20 +69,29 @@ class DeltaSource:
         """Folder with the chat model's tokenizer files and generation_config.json."""
         return self.vector.tokenizer_dir if self.vector else self.chat.path  # type: ignore[union-attr]
 
+    def chat_facts(self) -> TokenizerFacts:
+        """The chat model's tokenizer facts (its files read once, by the converter's reader)."""
+        if self._chat_facts is None:
+            self._chat_facts = read_tokenizer_facts(self.chat_dir)
+        return self._chat_facts
+
     def chat_tokens(self) -> tk.TokenTable:
-        """The chat model's token table (read once)."""
-        if self._chat_table is None:
-            self._chat_table = tk.read_token_table(self.chat_dir)
-        return self._chat_table
+        """The chat model's token table."""
+        return self.chat_facts().table
 
     def chat_template(self) -> str | None:
+        """The chat template: the one the vector recorded at extraction, else the chat model's."""
         if self.vector:
             return self.vector.chat_template
-        return tk.read_chat_template(self.chat.path)  # type: ignore[union-attr]
+        return self.chat_facts().default_template
 
     def generation_config(self) -> JsonObject | None:
         """The chat side's generation_config.json, validated (None when it has none)."""
-        return read_generation_config(self.chat_dir)
+        return self.chat_facts().generation
+
+    def eos_ids(self) -> list[int]:
+        """The chat side's end-of-turn ids (generation_config.json's eos, then the tokenizer's)."""
+        return self.chat_facts().eos_ids()
 
     def special_row(self, kind: str, chat_id: int) -> torch.Tensor | None:
         """The chat model's ``embed`` or ``lm_head`` row for a token, or None if not available."""

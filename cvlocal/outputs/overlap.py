@@ -1,6 +1,6 @@
 """No output may be, contain or lie inside one of the command's inputs, ``--force`` or not.
 
-Replacing an output is a rename over it (``convert.atomic``); when the output is an input, or a
+Replacing an output is a rename over it (``cvlocal.outputs.atomic``); when the output is an input, or a
 folder holding one, or a file inside an input folder, that rename destroys the input. Paths are
 compared after resolving symlinks and also by device and inode, so a hard link, a bind mount or a
 second symlink to the same file or folder counts as the same thing. A folder input also brings the
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from convert.errors import ConvertError
+from cvlocal.errors import UsageError
 
 _Identity = tuple[int, int]
 
@@ -76,6 +76,7 @@ def _with_snapshots(inputs: Iterable[str | Path | None]) -> list[Path]:
     it links to) destroys the model as surely as one inside a plain folder. A spec that does not
     resolve is left to the command, which reports it in its own words.
     """
+    from convert.errors import ConvertError
     from convert.hub_cache import model_folder
 
     sources: list[Path] = []
@@ -93,7 +94,7 @@ def _with_snapshots(inputs: Iterable[str | Path | None]) -> list[Path]:
 
 
 def refuse_overlap(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None]) -> None:
-    """Raise ConvertError (exit 2) if an output is, contains or lies inside an input."""
+    """Raise UsageError (exit 2) if an output is, contains or lies inside an input."""
     sources = _with_snapshots(inputs)
     for output in (Path(p) for p in outputs if p is not None):
         for source in sources:
@@ -102,7 +103,7 @@ def refuse_overlap(outputs: Iterable[str | Path | None], inputs: Iterable[str | 
                 if how is None:
                     continue
                 what = f"the input {source}" if part == source else f"{part}, a file of the input {source}"
-                raise ConvertError(
+                raise UsageError(
                     f"the output {how} {what}; writing it would destroy that input, so it is refused, --force or not",
                     output, "Choose an output path outside every input.",
                 )

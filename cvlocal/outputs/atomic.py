@@ -13,7 +13,7 @@ The rule for removing and replacing (every command, ``--force`` or not):
   output (``own``: a chat-vector folder has ``chat_vector.json``, a merged folder
   ``cvlocal_recipe.json``, ...). Anything else there (a folder where a file goes, a folder of
   other things) is refused whatever ``force`` says.
-- No output may be, contain or lie inside one of the command's inputs (``convert.output_policy``).
+- No output may be, contain or lie inside one of the command's inputs (``cvlocal.outputs.overlap``).
 - A SIGKILL or power loss leaves the temporary names behind; the next run at the same output
   removes those whose owner process (the PID in the name) is gone, and logs that it did.
 
@@ -33,9 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from convert.errors import ConvertError
+from cvlocal.errors import UsageError
 
-log = logging.getLogger("convert")
+log = logging.getLogger("cvlocal.outputs")
 _PARTIAL = re.compile(r"\.partial-(\d+)-[0-9a-f]{8}(?:-[\w.-]+)?$")
 # errnos that are about where an output goes, whatever file object raised them
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
@@ -133,19 +133,19 @@ def check_output_path(target: str | Path, force: bool = False, *, directory: boo
     target = Path(target)
     if _exists(target):
         if not force:
-            raise ConvertError("output already exists", target, "Choose another path or pass --force to replace it.")
+            raise UsageError("output already exists", target, "Choose another path or pass --force to replace it.")
         is_folder = target.is_dir()
         if directory and not is_folder:
-            raise ConvertError("output exists and is not a folder, --force or not", target, "Choose another path.")
+            raise UsageError("output exists and is not a folder, --force or not", target, "Choose another path.")
         if not directory and is_folder and not target.is_symlink():
-            raise ConvertError("output is an existing folder; a file is never written in place of a folder, --force or not", target, "Choose a file path.")
+            raise UsageError("output is an existing folder; a file is never written in place of a folder, --force or not", target, "Choose a file path.")
         if directory and is_folder and any(target.iterdir()) and not (own is not None and own(target)):
-            raise ConvertError(
+            raise UsageError(
                 "output folder exists and is not an output of this command; it is never replaced, --force or not", target,
                 "Choose another path, or remove the folder yourself.",
             )
     if not target.parent.exists():
-        raise ConvertError("the folder for the output does not exist", target.parent, "Create it first.")
+        raise UsageError("the folder for the output does not exist", target.parent, "Create it first.")
     return target
 
 

@@ -12,11 +12,12 @@ from typing import Any, Mapping, Sequence
 
 from convert.checkpoint import open_checkpoint
 from convert.conversion import SourcePlan, general_keys, planned
-from convert.errors import ConvertError
+from cvlocal.errors import UsageError
 from convert.gguf_constants import GGMLType
 from convert.hub_cache import model_folder
 from convert.metadata import file_name
-from convert.quant_tables import OutType, outtype as lookup_outtype, parse_outtypes
+from convert.quant_tables import OutType, outtype as lookup_outtype
+from cvlocal.outputs.types import parse_outtypes
 
 TYPE_PLACEHOLDERS = ("{type}", "{TYPE}", "{outtype}", "{OUTTYPE}", "{ftype}", "{FTYPE}")
 
@@ -62,13 +63,13 @@ def output_paths(out: str | Path, outtypes: str | Sequence[str], source_dir: str
         return {t.name: target.with_name(fill_type(target.name, t)) for t in types}
     if is_folder_target(out):
         if not target.is_dir():
-            raise ConvertError("output folder does not exist", target, "Create it first.")
+            raise UsageError("output folder does not exist", target, "Create it first.")
         folder = model_folder(source_dir)
         config, _arch, tensors, _rope = planned(folder, _source_of(folder, plan), GGMLType.F16)
         general = general_keys(folder, config, tensors, metadata)
         return {t.name: target / file_name(general, t.label) for t in types}
     if len(types) > 1:
-        raise ConvertError(
+        raise UsageError(
             f"{len(types)} output types need one file each", target,
             "Pass -o a folder (names by the GGUF convention) or a name with {type}, e.g. model-{TYPE}.gguf.",
         )
