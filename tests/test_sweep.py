@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from cvlocal.cli import main
-from cvlocal.sweep.report import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
