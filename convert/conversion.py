@@ -14,13 +14,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
+from gguf import GGMLQuantizationType as GGMLType
 
 from convert.architectures import ARCHITECTURES, Architecture, supported
 from convert.checkpoint import read_config
 from convert.errors import ConvertError
 from convert.finite import count_nonfinite
-from convert.gguf_constants import GGML_QUANT_VERSION, GGMLType, GGUFValueType, Keys, key_type
-from convert.gguf_writer import GGUFWriter
+from convert.gguf_keys import key_type
+from convert.gguf_stream import StreamingWriter
 from convert.hparams import gguf_hparams, llama3_rope_freqs
 from convert.metadata import general_metadata
 from convert.quant_tables import OutType
@@ -97,17 +99,17 @@ def prepare(folder: Path, source: SourcePlan, out_type: OutType, metadata: Mappi
     n_vocab = next(t.shape[0] for t in tensors if t.gguf_name == "token_embd.weight")
     vocab = read_vocab(folder, config, n_vocab)
     general = general_keys(folder, config, tensors, metadata)
-    kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [(Keys.ARCHITECTURE, arch.gguf_arch, None, None)]
+    kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [(Keys.General.ARCHITECTURE, arch.gguf_arch, None, None)]
     kv += [(k, v, None, None) for k, v in general.items()]
     warnings = list(vocab.warnings)
     kv += [(k, v, None, None) for k, v in gguf_hparams(arch, config, folder / "config.json", warnings).items()]
-    kv += [(Keys.FILE_TYPE, out_type.ftype, None, None), (Keys.QUANTIZATION_VERSION, GGML_QUANT_VERSION, None, None)]
+    kv += [(Keys.General.FILE_TYPE, out_type.ftype, None, None), (Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, None, None)]
     kv += vocab.metadata()
     kv += [(k, v, None, None) for k, v in (metadata or {}).items() if not k.startswith("general.")]
     return Conversion(folder, arch, config, kv, tensors, rope_freqs, warnings)
 
 
-def _add_kv(writer: GGUFWriter, arch: str, kv: Iterable[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]) -> None:
+def _add_kv(writer: StreamingWriter, arch: str, kv: Iterable[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]) -> None:
     """Add metadata with the type llama.cpp expects for known keys, inferred types for free-form ones."""
     for key, value, vtype, elem in kv:
         fixed = vtype or key_type(key, arch)
@@ -142,7 +144,7 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
     A stream that is out of order, short, or has a tensor of the wrong shape raises (a bug in
     the caller, not bad input); the caller's atomic output then removes the partial file.
     """
-    writer = GGUFWriter(path)
+    writer = StreamingWriter(path, conv.arch.gguf_arch)
     try:
         _add_kv(writer, conv.arch.gguf_arch, conv.kv)
         for t in conv.tensors:

@@ -18,11 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from gguf import Keys
+
 from convert.json_file import load_json
-from convert.gguf_constants import Keys
 
 SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad")
-_ID_KEYS = {"bos": Keys.BOS_ID, "eos": Keys.EOS_ID, "unk": Keys.UNK_ID, "sep": Keys.SEP_ID, "pad": Keys.PAD_ID}
+_ID_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk": Keys.Tokenizer.UNK_ID, "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID}
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 
 
@@ -110,10 +111,10 @@ def special_token_metadata(
     out: dict[str, Any] = {_ID_KEYS[kind]: tid for kind, tid in ids.items()}
     eot = end_of_turn_id(tokens, chat_template)
     if eot is not None:
-        out[Keys.EOT_ID] = eot
+        out[Keys.Tokenizer.EOT_ID] = eot
     add_bos, add_eos = added_bos_eos(folder, ids, sentencepiece)
-    out[Keys.ADD_BOS] = add_bos
-    out[Keys.ADD_EOS] = add_eos
+    out[Keys.Tokenizer.ADD_BOS] = add_bos
+    out[Keys.Tokenizer.ADD_EOS] = add_eos
     return out
 
 

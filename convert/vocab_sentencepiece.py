@@ -17,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys, TokenType
+
 from convert.json_file import load_json
 from convert.errors import ConvertError
-from convert.gguf_constants import Keys, TokenType
 from convert.special_tokens import looks_special
 from convert.vocab_types import Vocab, too_big
 
@@ -98,7 +99,7 @@ def read_sentencepiece(folder: Path, n_vocab: int) -> Vocab:
         tokens[token_id] = text
         scores[token_id] = ADDED_SCORE
 
-    extra: dict[str, Any] = {Keys.ADD_SPACE_PREFIX: _add_space_prefix(folder, proto)}
+    extra: dict[str, Any] = {Keys.Tokenizer.ADD_PREFIX: _add_space_prefix(folder, proto)}
     warnings = []
     spec = proto.normalizer_spec
     if spec.name not in ("identity", "") or spec.remove_extra_whitespaces:
