@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -133,13 +133,34 @@ def _coerce(value: Any, vtype: GGUFValueType, key: str) -> Any:
     return int(value)
 
 
+def _row_pieces(hf_name: str, first: torch.Tensor, stream: Iterator[tuple[str, torch.Tensor]], shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    """The pieces of one tensor: ``first`` and, while rows are missing, the stream's next items of the same name.
+
+    A stream may give a tensor whole or as consecutive runs of whole rows (a merge's chunks), so
+    that a large tensor (an 8B model's embedding) is encoded piece by piece and never held whole.
+    """
+    rows = shape[0] if shape else 1
+    piece, done = first, 0
+    while True:
+        if tuple(piece.shape) != shape and (not shape or tuple(piece.shape[1:]) != shape[1:] or done + piece.shape[0] > rows):
+            raise RuntimeError(f"tensor {hf_name!r} has shape {tuple(piece.shape)}, planned {shape}")
+        done += piece.shape[0] if shape else 1
+        yield piece
+        if done >= rows:
+            return
+        name, piece = next(stream, (None, None))
+        if name != hf_name or piece is None:
+            raise RuntimeError(f"tensor stream out of order: {hf_name!r} ended after {done} of {rows} rows, got {name!r}")
+
+
 def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch.Tensor]], on_progress: Progress | None, threads: int | None = None,
                  on_warning: Callable[[str], None] | None = None) -> None:
     """Write the planned file at ``path`` from ``stream`` (HF name, tensor) in plan order.
 
-    A tensor holding NaN or Inf is written as it is and reported through ``on_warning`` (one line
-    per tensor, the first ``MAX_NONFINITE_LINES``, then one summary): converting is not the place
-    to refuse a model, but a user must not ship one unknowingly.
+    A tensor may come whole or as consecutive runs of its rows under the same name (see
+    ``_row_pieces``). A tensor holding NaN or Inf is written as it is and reported through
+    ``on_warning`` (one line per tensor, the first ``MAX_NONFINITE_LINES``, then one summary):
+    converting is not the place to refuse a model, but a user must not ship one unknowingly.
 
     A stream that is out of order, short, or has a tensor of the wrong shape raises (a bug in
     the caller, not bad input); the caller's atomic output then removes the partial file.
@@ -154,23 +175,32 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
         flagged: list[str] = []
         if conv.rope_freqs is not None:
             writer.write_tensor(conv.tensors[0].gguf_name, encode(conv.rope_freqs, GGMLType.F32))
-        for hf_name, tensor in stream:
+        items = iter(stream)
+        for hf_name, tensor in items:
             if conv.arch.gguf_name(hf_name) == "":
                 continue
             planned = next(pending, None)
             if planned is None or planned.hf_name != hf_name:
                 raise RuntimeError(f"tensor stream out of order: got {hf_name!r}, expected {planned.hf_name if planned else None!r}")
-            if tuple(tensor.shape) != planned.shape:
-                raise RuntimeError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, planned {planned.shape}")
-            bad = count_nonfinite(tensor)
-            if bad:
+            pieces = _row_pieces(hf_name, tensor, items, planned.shape)
+            del tensor
+            if planned.permute:  # the rotary permutation needs the whole tensor (a Q/K projection: small)
+                whole = torch.cat(list(pieces)) if planned.shape else next(pieces)
+                pieces = iter([permute_rotary(whole, rotary_heads(planned.permute, conv.config, conv.folder))])
+                del whole
+            counts = [0, 0]  # NaN/Inf, elements
+
+            def encoded(pieces: Iterator[torch.Tensor] = pieces, counts: list[int] = counts, ggml_type: GGMLType = planned.ggml_type) -> Iterator[Any]:
+                for piece in pieces:
+                    counts[0] += count_nonfinite(piece)
+                    counts[1] += piece.numel()
+                    yield from encode(piece, ggml_type, threads)
+
+            writer.write_tensor(planned.gguf_name, encoded())
+            if counts[0]:
                 flagged.append(hf_name)
                 if on_warning is not None and len(flagged) <= MAX_NONFINITE_LINES:
-                    on_warning(f"tensor {hf_name} holds {bad} NaN/Inf value(s) of {tensor.numel()}; written as they are")
-            if planned.permute:
-                tensor = permute_rotary(tensor, rotary_heads(planned.permute, conv.config, conv.folder))
-            writer.write_tensor(planned.gguf_name, encode(tensor, planned.ggml_type, threads))
-            del tensor
+                    on_warning(f"tensor {hf_name} holds {counts[0]} NaN/Inf value(s) of {counts[1]}; written as they are")
             if on_progress is not None:
                 on_progress(hf_name, planned.source_nbytes)
         missing = next(pending, None)
