@@ -12,6 +12,9 @@ Where each fact comes from, in order (the first that answers wins):
   ``tokenizers`` library on a probe string: is bos prepended, eos appended?), since that is what
   transformers applies; otherwise tokenizer_config.json's ``add_bos_token``/``add_eos_token``,
   otherwise SentencePiece's convention (bos yes, eos no) or BPE's (neither).
+- add sep: ``tokenizer_config.json``'s ``add_sep_token``, else, when tokenizer.json's
+  post-processor puts tokens between the two sequences of a pair, whether one of them is the sep
+  or eos token (llama.cpp's converter writes the key in the same two cases, and not otherwise).
 """
 from __future__ import annotations
 
@@ -103,10 +106,37 @@ def added_bos_eos(folder: Path, ids: Mapping[str, int], sentencepiece: bool) -> 
     )
 
 
+def added_sep(folder: Path, ids: Mapping[str, int]) -> bool | None:
+    """Whether the HF tokenizer separates a pair of sequences with sep/eos; None when it says nothing."""
+    config = _read_optional(folder / "tokenizer_config.json")
+    if isinstance(config.get("add_sep_token"), bool):
+        return config["add_sep_token"]
+    tokenizer_json = folder / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_str(tokenizer_json.read_text(encoding="utf-8"))
+    except Exception:  # malformed files are reported by the vocabulary reader
+        return None
+    first, second = (tok.encode(probe, add_special_tokens=False).ids for probe in ("a", "b"))
+    pair = tok.encode("a", "b", add_special_tokens=True).ids
+    starts = [i for i in range(len(pair)) if pair[i:i + len(first)] == first]
+    if not first or not second or not starts:
+        return None
+    rest = pair[starts[0] + len(first):]
+    ends = [i for i in range(len(rest)) if rest[i:i + len(second)] == second]
+    between = rest[:ends[0]] if ends else []
+    if not between:
+        return None
+    return any(t in between for t in (ids.get("sep"), ids.get("eos")) if t is not None)
+
+
 def special_token_metadata(
     folder: Path, tokens: Sequence[str], config: Mapping[str, Any], chat_template: str | None, *, sentencepiece: bool
 ) -> dict[str, Any]:
-    """GGUF tokenizer keys for special tokens: the ids found and add_bos/add_eos."""
+    """GGUF tokenizer keys for special tokens: the ids found and add_bos/add_eos (and add_sep when known)."""
     ids = special_token_ids(folder, tokens, config)
     out: dict[str, Any] = {_ID_KEYS[kind]: tid for kind, tid in ids.items()}
     eot = end_of_turn_id(tokens, chat_template)
@@ -115,6 +145,9 @@ def special_token_metadata(
     add_bos, add_eos = added_bos_eos(folder, ids, sentencepiece)
     out[Keys.Tokenizer.ADD_BOS] = add_bos
     out[Keys.Tokenizer.ADD_EOS] = add_eos
+    add_sep = added_sep(folder, ids)
+    if add_sep is not None:
+        out[Keys.Tokenizer.ADD_SEP] = add_sep
     return out
 
 
