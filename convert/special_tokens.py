@@ -78,25 +78,34 @@ def end_of_turn_id(tokens: Sequence[str], chat_template: str | None) -> int | No
     return None
 
 
-def added_bos_eos(folder: Path, ids: Mapping[str, int], sentencepiece: bool) -> tuple[bool, bool]:
-    """Whether the HF tokenizer prepends bos / appends eos when encoding with special tokens."""
+def _hf_tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer.json through the ``tokenizers`` library, or None (absent or malformed)."""
     tokenizer_json = folder / "tokenizer.json"
-    if tokenizer_json.is_file():
-        from tokenizers import Tokenizer
+    if not tokenizer_json.is_file():
+        return None
+    from tokenizers import Tokenizer
 
-        try:
-            tok = Tokenizer.from_str(tokenizer_json.read_text(encoding="utf-8"))
-        except Exception:  # malformed files are reported by the vocabulary reader
-            tok = None
-        if tok is not None:
-            probe = "a"
-            plain = tok.encode(probe, add_special_tokens=False).ids
-            full = tok.encode(probe, add_special_tokens=True).ids
-            bos, eos = ids.get("bos"), ids.get("eos")
-            add_bos = bos is not None and len(full) > len(plain) and full[0] == bos
-            rest = full[1:] if add_bos else full
-            add_eos = eos is not None and len(rest) > len(plain) and rest[-1] == eos
-            return bool(add_bos), bool(add_eos)
+    try:
+        return Tokenizer.from_str(tokenizer_json.read_text(encoding="utf-8"))
+    except Exception:  # malformed files are reported by the vocabulary reader
+        return None
+
+
+def added_bos_eos(folder: Path, ids: Mapping[str, int], sentencepiece: bool, tok: Any = None) -> tuple[bool, bool]:
+    """Whether the HF tokenizer prepends bos / appends eos when encoding with special tokens.
+
+    ``tok`` is the folder's parsed tokenizer.json (``_hf_tokenizer``), when the caller has it.
+    """
+    tok = tok if tok is not None else _hf_tokenizer(folder)
+    if tok is not None:
+        probe = "a"
+        plain = tok.encode(probe, add_special_tokens=False).ids
+        full = tok.encode(probe, add_special_tokens=True).ids
+        bos, eos = ids.get("bos"), ids.get("eos")
+        add_bos = bos is not None and len(full) > len(plain) and full[0] == bos
+        rest = full[1:] if add_bos else full
+        add_eos = eos is not None and len(rest) > len(plain) and rest[-1] == eos
+        return bool(add_bos), bool(add_eos)
     config = _read_optional(folder / "tokenizer_config.json")
     add_bos = config.get("add_bos_token")
     add_eos = config.get("add_eos_token")
@@ -106,19 +115,13 @@ def added_bos_eos(folder: Path, ids: Mapping[str, int], sentencepiece: bool) -> 
     )
 
 
-def added_sep(folder: Path, ids: Mapping[str, int]) -> bool | None:
+def added_sep(folder: Path, ids: Mapping[str, int], tok: Any = None) -> bool | None:
     """Whether the HF tokenizer separates a pair of sequences with sep/eos; None when it says nothing."""
     config = _read_optional(folder / "tokenizer_config.json")
     if isinstance(config.get("add_sep_token"), bool):
         return config["add_sep_token"]
-    tokenizer_json = folder / "tokenizer.json"
-    if not tokenizer_json.is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_str(tokenizer_json.read_text(encoding="utf-8"))
-    except Exception:  # malformed files are reported by the vocabulary reader
+    tok = tok if tok is not None else _hf_tokenizer(folder)
+    if tok is None:
         return None
     first, second = (tok.encode(probe, add_special_tokens=False).ids for probe in ("a", "b"))
     pair = tok.encode("a", "b", add_special_tokens=True).ids
@@ -142,10 +145,11 @@ def special_token_metadata(
     eot = end_of_turn_id(tokens, chat_template)
     if eot is not None:
         out[Keys.Tokenizer.EOT_ID] = eot
-    add_bos, add_eos = added_bos_eos(folder, ids, sentencepiece)
+    tok = _hf_tokenizer(folder)  # parsed once for both probes
+    add_bos, add_eos = added_bos_eos(folder, ids, sentencepiece, tok)
     out[Keys.Tokenizer.ADD_BOS] = add_bos
     out[Keys.Tokenizer.ADD_EOS] = add_eos
-    add_sep = added_sep(folder, ids)
+    add_sep = added_sep(folder, ids, tok)
     if add_sep is not None:
         out[Keys.Tokenizer.ADD_SEP] = add_sep
     return out
