@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from convert.gguf_constants import Keys
+from gguf import Keys
 
 _LAYER = "model.layers.{bid}."
 _BLK = "blk.{bid}."
@@ -60,13 +60,13 @@ _IGNORED = ("model.rotary_emb.inv_freq", _LAYER + "self_attn.rotary_emb.inv_freq
 
 # Hyper-parameters every family writes: (GGUF key, config.json keys tried in order, required).
 _HPARAMS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
-    (Keys.BLOCK_COUNT, ("num_hidden_layers",), True),
-    (Keys.CONTEXT_LENGTH, ("max_position_embeddings",), False),
-    (Keys.EMBEDDING_LENGTH, ("hidden_size",), True),
-    (Keys.FEED_FORWARD_LENGTH, ("intermediate_size",), True),
-    (Keys.HEAD_COUNT, ("num_attention_heads",), True),
-    (Keys.HEAD_COUNT_KV, ("num_key_value_heads",), False),
-    (Keys.LAYERNORM_RMS_EPS, ("rms_norm_eps",), True),
+    (Keys.LLM.BLOCK_COUNT, ("num_hidden_layers",), True),
+    (Keys.LLM.CONTEXT_LENGTH, ("max_position_embeddings",), False),
+    (Keys.LLM.EMBEDDING_LENGTH, ("hidden_size",), True),
+    (Keys.LLM.FEED_FORWARD_LENGTH, ("intermediate_size",), True),
+    (Keys.Attention.HEAD_COUNT, ("num_attention_heads",), True),
+    (Keys.Attention.HEAD_COUNT_KV, ("num_key_value_heads",), False),
+    (Keys.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), True),
 )
 
 

@@ -9,21 +9,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from convert.gguf_constants import Keys
+from gguf import Keys
+
 
 
 def chat_template_metadata(templates: dict[str, str]) -> dict[str, Any]:
     """GGUF keys for the templates (name characters other than letters and digits become ``_``)."""
     out: dict[str, Any] = {}
     if "default" in templates:
-        out[Keys.CHAT_TEMPLATE] = templates["default"]
+        out[Keys.Tokenizer.CHAT_TEMPLATE] = templates["default"]
     names = []
     for name, template in templates.items():
         if name == "default":
             continue
         clean = re.sub(r"[^A-Za-z0-9]", "_", name)
-        out[Keys.CHAT_TEMPLATE_N.format(name=clean)] = template
+        out[Keys.Tokenizer.CHAT_TEMPLATE_N.format(name=clean)] = template
         names.append(clean)
     if names:
-        out[Keys.CHAT_TEMPLATES] = names
+        out[Keys.Tokenizer.CHAT_TEMPLATES] = names
     return out

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
+from gguf import GGMLQuantizationType as GGMLType
 
 from convert.architectures import ARCHITECTURES, Architecture, supported
 from convert.checkpoint import read_config
 from convert.errors import ConvertError
 from convert.finite import count_nonfinite
-from convert.gguf_constants import GGML_QUANT_VERSION, GGMLType, GGUFValueType, Keys, key_type
-from convert.gguf_writer import GGUFWriter
+from convert.gguf_keys import key_type
+from convert.gguf_stream import StreamingWriter
 from convert.hparams import gguf_hparams, llama3_rope_freqs
 from convert.metadata import general_metadata
 from convert.quant_tables import OutType
@@ -97,17 +99,17 @@ def prepare(folder: Path, source: SourcePlan, out_type: OutType, metadata: Mappi
     n_vocab = next(t.shape[0] for t in tensors if t.gguf_name == "token_embd.weight")
     vocab = read_vocab(folder, config, n_vocab)
     general = general_keys(folder, config, tensors, metadata)
-    kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [(Keys.ARCHITECTURE, arch.gguf_arch, None, None)]
+    kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [(Keys.General.ARCHITECTURE, arch.gguf_arch, None, None)]
     kv += [(k, v, None, None) for k, v in general.items()]
     warnings = list(vocab.warnings)
     kv += [(k, v, None, None) for k, v in gguf_hparams(arch, config, folder / "config.json", warnings).items()]
-    kv += [(Keys.FILE_TYPE, out_type.ftype, None, None), (Keys.QUANTIZATION_VERSION, GGML_QUANT_VERSION, None, None)]
+    kv += [(Keys.General.FILE_TYPE, out_type.ftype, None, None), (Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, None, None)]
     kv += vocab.metadata()
     kv += [(k, v, None, None) for k, v in (metadata or {}).items() if not k.startswith("general.")]
     return Conversion(folder, arch, config, kv, tensors, rope_freqs, warnings)
 
 
-def _add_kv(writer: GGUFWriter, arch: str, kv: Iterable[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]) -> None:
+def _add_kv(writer: StreamingWriter, arch: str, kv: Iterable[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]) -> None:
     """Add metadata with the type llama.cpp expects for known keys, inferred types for free-form ones."""
     for key, value, vtype, elem in kv:
         fixed = vtype or key_type(key, arch)
@@ -131,18 +133,41 @@ def _coerce(value: Any, vtype: GGUFValueType, key: str) -> Any:
     return int(value)
 
 
+def _row_pieces(hf_name: str, first: torch.Tensor, stream: Iterator[tuple[str, torch.Tensor]], shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    """The pieces of one tensor: ``first`` and, while rows are missing, the stream's next items of the same name.
+
+    A stream may give a tensor whole or as consecutive runs of whole rows (a merge's chunks), so
+    that a large tensor (an 8B model's embedding) is encoded piece by piece and never held whole.
+    """
+    rows = shape[0] if shape else 1
+    piece, done = first, 0
+    while True:
+        if tuple(piece.shape) != shape and (not shape or tuple(piece.shape[1:]) != shape[1:] or done + piece.shape[0] > rows):
+            raise RuntimeError(f"tensor {hf_name!r} has shape {tuple(piece.shape)}, planned {shape}")
+        done += piece.shape[0] if shape else 1
+        yield piece
+        if done >= rows:
+            return
+        following: tuple[str, torch.Tensor] | None = next(stream, None)
+        if following is None or following[0] != hf_name:
+            got = following[0] if following is not None else None
+            raise RuntimeError(f"tensor stream out of order: {hf_name!r} ended after {done} of {rows} rows, got {got!r}")
+        piece = following[1]
+
+
 def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch.Tensor]], on_progress: Progress | None, threads: int | None = None,
                  on_warning: Callable[[str], None] | None = None) -> None:
     """Write the planned file at ``path`` from ``stream`` (HF name, tensor) in plan order.
 
-    A tensor holding NaN or Inf is written as it is and reported through ``on_warning`` (one line
-    per tensor, the first ``MAX_NONFINITE_LINES``, then one summary): converting is not the place
-    to refuse a model, but a user must not ship one unknowingly.
+    A tensor may come whole or as consecutive runs of its rows under the same name (see
+    ``_row_pieces``). A tensor holding NaN or Inf is written as it is and reported through
+    ``on_warning`` (one line per tensor, the first ``MAX_NONFINITE_LINES``, then one summary):
+    converting is not the place to refuse a model, but a user must not ship one unknowingly.
 
     A stream that is out of order, short, or has a tensor of the wrong shape raises (a bug in
     the caller, not bad input); the caller's atomic output then removes the partial file.
     """
-    writer = GGUFWriter(path)
+    writer = StreamingWriter(path, conv.arch.gguf_arch)
     try:
         _add_kv(writer, conv.arch.gguf_arch, conv.kv)
         for t in conv.tensors:
@@ -152,23 +177,32 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
         flagged: list[str] = []
         if conv.rope_freqs is not None:
             writer.write_tensor(conv.tensors[0].gguf_name, encode(conv.rope_freqs, GGMLType.F32))
-        for hf_name, tensor in stream:
+        items = iter(stream)
+        for hf_name, tensor in items:
             if conv.arch.gguf_name(hf_name) == "":
                 continue
             planned = next(pending, None)
             if planned is None or planned.hf_name != hf_name:
                 raise RuntimeError(f"tensor stream out of order: got {hf_name!r}, expected {planned.hf_name if planned else None!r}")
-            if tuple(tensor.shape) != planned.shape:
-                raise RuntimeError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, planned {planned.shape}")
-            bad = count_nonfinite(tensor)
-            if bad:
+            pieces = _row_pieces(hf_name, tensor, items, planned.shape)
+            del tensor
+            if planned.permute:  # the rotary permutation needs the whole tensor (a Q/K projection: small)
+                whole = torch.cat(list(pieces)) if planned.shape else next(pieces)
+                pieces = iter([permute_rotary(whole, rotary_heads(planned.permute, conv.config, conv.folder))])
+                del whole
+            counts = [0, 0]  # NaN/Inf, elements
+
+            def encoded(pieces: Iterator[torch.Tensor] = pieces, counts: list[int] = counts, ggml_type: GGMLType = planned.ggml_type) -> Iterator[Any]:
+                for piece in pieces:
+                    counts[0] += count_nonfinite(piece)
+                    counts[1] += piece.numel()
+                    yield from encode(piece, ggml_type, threads)
+
+            writer.write_tensor(planned.gguf_name, encoded())
+            if counts[0]:
                 flagged.append(hf_name)
                 if on_warning is not None and len(flagged) <= MAX_NONFINITE_LINES:
-                    on_warning(f"tensor {hf_name} holds {bad} NaN/Inf value(s) of {tensor.numel()}; written as they are")
-            if planned.permute:
-                tensor = permute_rotary(tensor, rotary_heads(planned.permute, conv.config, conv.folder))
-            writer.write_tensor(planned.gguf_name, encode(tensor, planned.ggml_type, threads))
-            del tensor
+                    on_warning(f"tensor {hf_name} holds {counts[0]} NaN/Inf value(s) of {counts[1]}; written as they are")
             if on_progress is not None:
                 on_progress(hf_name, planned.source_nbytes)
         missing = next(pending, None)

@@ -5,7 +5,7 @@ One pass over the source tensors, one tensor in memory at a time:
 1. Everything that can be wrong with the input is checked before anything is written: config
    and architecture, the tensor plan (names, shapes, the embedding against ``vocab_size``), the
    tokenizer, the output paths.
-2. f32, f16, bf16 and q8_0 are written directly by ``convert.gguf_writer``.
+2. f32, f16, bf16 and q8_0 are written directly, through gguf-py's writer (``convert.gguf_stream``).
 3. Other types are made by llama.cpp's quantizer from a *lossless* float GGUF: bf16 when every
    2-D source weight is bf16, f16 when every one is f16, f32 otherwise. Quantizing from it gives
    the same bytes as quantizing from the source precision, and several types share it.
@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
+from gguf import GGMLQuantizationType as GGMLType
 
 from convert.checkpoint import Checkpoint, open_checkpoint
 from convert.conversion import Progress, SourcePlan, lossless_type, prepare, write_direct
 from convert.errors import ConvertError
-from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
 from convert.hub_cache import model_folder
 from convert.llama_quantize import QuantizeError, QuantizeOptions, TensorProgress, llama_quantize

@@ -2,8 +2,8 @@
 
 Q8_0 in numpy costs about six array passes per value; ggml's C reference quantizer costs one, so
 where llama-cpp-python is installed the converter calls it (``quantize_row_q8_0_ref``: the very
-function llama.cpp's tools use, so the bytes are the same by construction) and falls back to the
-bit-identical numpy version in ``convert.quantize_q8`` where it is not. The library is found
+function llama.cpp's tools use, so the bytes are the same by construction) and falls back to
+gguf-py's bit-identical numpy version (``gguf.quants``) where it is not. The library is found
 without importing ``llama_cpp`` (whose import is slow).
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from convert.quantize_q8 import BLOCK_BYTES, QK8_0
+QK8_0, BLOCK_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0]
 
 
 @lru_cache(maxsize=1)

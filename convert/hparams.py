@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from gguf import Keys
 
 from convert.architectures import Architecture
 from convert.errors import ConvertError
-from convert.gguf_constants import Keys, key_type
+from convert.gguf_keys import key_type
 
 
 def rope_parameters(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,21 +80,21 @@ def gguf_hparams(arch: Architecture, config: Mapping[str, Any], config_path: Pat
     rope_type = str(rope.get("rope_type") or "").lower()
     factor = rope.get("factor")
     if rope_type == "linear" and factor is not None:
-        out[Keys.ROPE_SCALING_TYPE.format(arch=name)] = "linear"
-        out[Keys.ROPE_SCALING_FACTOR.format(arch=name)] = float(factor)
+        out[Keys.Rope.SCALING_TYPE.format(arch=name)] = "linear"
+        out[Keys.Rope.SCALING_FACTOR.format(arch=name)] = float(factor)
     elif rope_type == "yarn" and factor is not None:
-        out[Keys.ROPE_SCALING_TYPE.format(arch=name)] = "yarn"
-        out[Keys.ROPE_SCALING_FACTOR.format(arch=name)] = float(factor)
+        out[Keys.Rope.SCALING_TYPE.format(arch=name)] = "yarn"
+        out[Keys.Rope.SCALING_FACTOR.format(arch=name)] = float(factor)
         orig = rope.get("original_max_position_embeddings")
         if orig is None:
             raise ConvertError("yarn rope scaling without original_max_position_embeddings", config_path, "Add it to the rope settings in config.json.")
-        out[Keys.ROPE_SCALING_ORIG_CTX_LEN.format(arch=name)] = int(orig)
-        for field, key in (("extrapolation_factor", Keys.ROPE_SCALING_YARN_EXT_FACTOR), ("beta_fast", Keys.ROPE_SCALING_YARN_BETA_FAST), ("beta_slow", Keys.ROPE_SCALING_YARN_BETA_SLOW)):
+        out[Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=name)] = int(orig)
+        for field, key in (("extrapolation_factor", Keys.Rope.SCALING_YARN_EXT_FACTOR), ("beta_fast", Keys.Rope.SCALING_YARN_BETA_FAST), ("beta_slow", Keys.Rope.SCALING_YARN_BETA_SLOW)):
             if rope.get(field) is not None:
                 out[key.format(arch=name)] = float(rope[field])
         attn = rope.get("attention_factor", rope.get("attn_factor"))
         if attn is not None:
-            out[Keys.ROPE_SCALING_YARN_ATTN_FACTOR.format(arch=name)] = float(attn)
+            out[Keys.Rope.SCALING_YARN_ATTN_FACTOR.format(arch=name)] = float(attn)
     elif rope_type == "llama3" and not arch.llama3_rope_freqs:
         raise ConvertError(f"llama3 rope scaling is not supported for {arch.family}", config_path, "Remove it from config.json or use a supported model.")
     elif rope_type == "dynamic":
@@ -101,19 +102,19 @@ def gguf_hparams(arch: Architecture, config: Mapping[str, Any], config_path: Pat
     elif rope_type not in ("", "default", "llama3"):
         raise ConvertError(f"rope scaling type {rope_type!r} is not supported", config_path, "Supported: linear, yarn, llama3 (and dynamic, ignored).")
     if rope.get("rope_theta") is not None:
-        out[Keys.ROPE_FREQ_BASE.format(arch=name)] = float(rope["rope_theta"])
+        out[Keys.Rope.FREQ_BASE.format(arch=name)] = float(rope["rope_theta"])
     window = config.get("sliding_window")
     uses_window = config.get("use_sliding_window", True)
     if isinstance(window, int) and uses_window and window < int(config.get("max_position_embeddings") or 0):
         warnings.append(f"{config_path}: llama.cpp runs {arch.family} without its {window}-token sliding window; prompts longer than that attend to all tokens")
 
     if config.get("head_dim") is not None:
-        out[Keys.KEY_LENGTH.format(arch=name)] = int(config["head_dim"])
-        out[Keys.VALUE_LENGTH.format(arch=name)] = int(config["head_dim"])
+        out[Keys.Attention.KEY_LENGTH.format(arch=name)] = int(config["head_dim"])
+        out[Keys.Attention.VALUE_LENGTH.format(arch=name)] = int(config["head_dim"])
     if arch.writes_vocab_size:
-        out[Keys.VOCAB_SIZE.format(arch=name)] = int(_number(config, ("vocab_size",), True, config_path))
+        out[Keys.LLM.VOCAB_SIZE.format(arch=name)] = int(_number(config, ("vocab_size",), True, config_path))
     if arch.writes_rope_dimension:
-        out[Keys.ROPE_DIMENSION_COUNT.format(arch=name)] = head_dim(config)
+        out[Keys.Rope.DIMENSION_COUNT.format(arch=name)] = head_dim(config)
     return out
 
 

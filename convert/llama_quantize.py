@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from convert.gguf_constants import GGMLType
+from gguf import GGMLQuantizationType as GGMLType
+
 from convert.quant_tables import OutType
 
 if TYPE_CHECKING:

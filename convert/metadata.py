@@ -7,7 +7,7 @@ config.json's ``_name_or_path``, else the folder name. The name is split on ``-`
 ``8B``, ``1.1B`` or ``8x7B`` is the size label, ``v1.0`` the version, parts after the size label the
 fine-tune, parts before it the base name. A name without a size label is split before the first
 fine-tune word (``Chat``, ``Instruct``, ``it``, ``SFT`` ...), and the size label is computed from
-the parameter count (two significant digits: ``1.7M``, ``494M``, ``1.1B``, ``8.0B``).
+the parameter count by gguf-py (two significant digits: ``1.7M``, ``494M``, ``1.1B``, ``8.0B``).
 
 Also read: the model card's front matter (``README.md``) for ``license`` and ``base_model``,
 which become ``general.license`` and ``general.base_model.*``.
@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from convert.gguf_constants import Keys
+import gguf
+from gguf import Keys
+
 from convert.hub_cache import display_name
 
 QUANTIZED_BY = "cvlocal"
@@ -30,13 +32,8 @@ _FINETUNE_WORDS = re.compile(r"(chat|instruct|it|sft|dpo|rlhf)", re.IGNORECASE)
 
 
 def size_label(n_params: int) -> str:
-    """A parameter count with two significant digits and a K/M/B/T suffix: 1.7M, 494M, 1.1B, 70B."""
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n_params >= scale or suffix == "K":
-            value = n_params / scale
-            digits = len(str(int(round(value))))
-            return f"{value:.{max(0, 2 - digits)}f}{suffix}"
-    raise AssertionError("unreachable")
+    """A parameter count as gguf-py labels it (two significant digits, K/M/B/T): 1.7M, 494M, 1.1B, 70B."""
+    return gguf.size_label(n_params, n_params, 0, 0)
 
 
 def _label_params(label: str) -> float:
@@ -50,7 +47,7 @@ def _label_params(label: str) -> float:
 
 def model_name(folder: Path, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
     """The model's name: metadata override, HF repo id in config.json, or the folder name."""
-    name = overrides.get(Keys.NAME)
+    name = overrides.get(Keys.General.NAME)
     if isinstance(name, str) and name.strip():
         return name.strip()
     source = config.get("_name_or_path")
@@ -110,36 +107,33 @@ def general_metadata(folder: Path, config: Mapping[str, Any], n_params: int, ove
     overrides = overrides or {}
     name = model_name(folder, config, overrides)
     parts = name_parts(name, n_params)
-    out: dict[str, Any] = {Keys.TYPE: "model", Keys.NAME: name}
-    for key, part in ((Keys.BASENAME, "basename"), (Keys.SIZE_LABEL, "size_label"), (Keys.FINETUNE, "finetune"), (Keys.VERSION, "version")):
+    out: dict[str, Any] = {Keys.General.TYPE: "model", Keys.General.NAME: name}
+    for key, part in ((Keys.General.BASENAME, "basename"), (Keys.General.SIZE_LABEL, "size_label"), (Keys.General.FINETUNE, "finetune"), (Keys.General.VERSION, "version")):
         if parts[part]:
             out[key] = parts[part]
-    out[Keys.QUANTIZED_BY] = QUANTIZED_BY
+    out[Keys.General.QUANTIZED_BY] = QUANTIZED_BY
     card = _model_card(folder)
     if isinstance(card.get("license"), str):
-        out[Keys.LICENSE] = card["license"]
+        out[Keys.General.LICENSE] = card["license"]
     bases = card.get("base_model")
     bases = [bases] if isinstance(bases, str) else [b for b in bases or [] if isinstance(b, str)]
     if bases:
-        out[Keys.BASE_MODEL_COUNT] = len(bases)
+        out[Keys.General.BASE_MODEL_COUNT] = len(bases)
         for i, base in enumerate(bases):
             org, _, repo = base.rpartition("/")
-            out[Keys.BASE_MODEL_NAME.format(id=i)] = repo or base
+            out[Keys.General.BASE_MODEL_NAME.format(id=i)] = repo or base
             if org:
-                out[Keys.BASE_MODEL_ORGANIZATION.format(id=i)] = org
-                out[Keys.BASE_MODEL_REPO_URL.format(id=i)] = f"https://huggingface.co/{base}"
+                out[Keys.General.BASE_MODEL_ORGANIZATION.format(id=i)] = org
+                out[Keys.General.BASE_MODEL_REPO_URL.format(id=i)] = f"https://huggingface.co/{base}"
     return out
 
 
 def file_name(general: Mapping[str, Any], label: str) -> str:
-    """The GGUF naming-convention file name for metadata ``general`` and encoding ``label``."""
-    def clean(value: Any) -> str:
-        return re.sub(r"[\s/\\]+", "-", str(value).strip())
+    """The GGUF naming-convention file name for metadata ``general`` and encoding ``label`` (gguf-py's)."""
+    def part(key: str) -> str | None:
+        value = general.get(key)
+        return re.sub(r"[\s/\\]+", "-", str(value).strip()) if value else None
 
-    base = general.get(Keys.BASENAME) or general.get(Keys.NAME) or "model"
-    parts = [clean(base)]
-    for key in (Keys.SIZE_LABEL, Keys.FINETUNE, Keys.VERSION):
-        if general.get(key):
-            parts.append(clean(general[key]))
-    parts.append(label.upper())
-    return "-".join(parts) + ".gguf"
+    name = gguf.naming_convention(part(Keys.General.NAME) or "model", part(Keys.General.BASENAME), part(Keys.General.FINETUNE),
+                                  part(Keys.General.VERSION), part(Keys.General.SIZE_LABEL), label)
+    return name + ".gguf"

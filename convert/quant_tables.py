@@ -1,10 +1,11 @@
-"""Quantization tables: GGML block layouts, llama.cpp file types and the output types we offer.
+"""The output types we offer, on gguf-py's file and tensor types.
 
 ``OUTTYPES`` maps each output-type name a user can type (``f16``, ``q8_0``, ``q4_k_m`` ...) to an
-``OutType``: its ``llama_ftype`` number (the ``general.file_type`` value and the argument of
-``llama_model_quantize``), the label used in file names, and whether our own writer produces it
-(``direct``) or llama.cpp's quantizer does. The numbers come from ``include/llama.h`` and the
-names from ``tools/quantize/quantize.cpp``.
+``OutType``: its ``llama_ftype`` number (``gguf.LlamaFileType``: the ``general.file_type`` value
+and the argument of ``llama_model_quantize``), the label used in file names, and whether our own
+writer produces it (``direct``, with its ``gguf.GGMLQuantizationType``) or llama.cpp's quantizer
+does. Which types are offered, and which need an importance matrix, is ours; every number is
+gguf-py's (block layouts are ``gguf.GGML_QUANT_SIZES``, used by ``convert.gguf_stream``).
 
 Types whose low-bit tensors llama.cpp refuses to make without an importance matrix (its
 ``tensor_requires_imatrix``: IQ1/IQ2/IQ3_XXS tensors and the Q2_K tensors of a Q2_K_S file, so also
@@ -17,58 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from gguf import GGMLQuantizationType as GGMLType
+from gguf import LlamaFileType
+
 from convert.errors import ConvertError
-from convert.gguf_constants import GGMLType
-
-QK_K = 256
-
-# (elements per block, bytes per block) for each GGML type (ggml.c type_traits).
-BLOCK_LAYOUT: dict[GGMLType, tuple[int, int]] = {
-    GGMLType.F32: (1, 4),
-    GGMLType.F16: (1, 2),
-    GGMLType.BF16: (1, 2),
-    GGMLType.F64: (1, 8),
-    GGMLType.I8: (1, 1),
-    GGMLType.I16: (1, 2),
-    GGMLType.I32: (1, 4),
-    GGMLType.I64: (1, 8),
-    GGMLType.Q4_0: (32, 2 + 16),
-    GGMLType.Q4_1: (32, 2 + 2 + 16),
-    GGMLType.Q5_0: (32, 2 + 4 + 16),
-    GGMLType.Q5_1: (32, 2 + 2 + 4 + 16),
-    GGMLType.Q8_0: (32, 2 + 32),
-    GGMLType.Q8_1: (32, 4 + 4 + 32),
-    GGMLType.Q2_K: (QK_K, 2 + 2 + QK_K // 16 + QK_K // 4),
-    GGMLType.Q3_K: (QK_K, 2 + QK_K // 4 + QK_K // 8 + 12),
-    GGMLType.Q4_K: (QK_K, 2 + 2 + QK_K // 2 + 12),
-    GGMLType.Q5_K: (QK_K, 2 + 2 + QK_K // 2 + QK_K // 8 + 12),
-    GGMLType.Q6_K: (QK_K, 2 + QK_K // 2 + QK_K // 4 + QK_K // 16),
-    GGMLType.Q8_K: (QK_K, 4 + QK_K + QK_K // 8),
-    GGMLType.IQ2_XXS: (QK_K, 2 + QK_K // 4),
-    GGMLType.IQ2_XS: (QK_K, 2 + QK_K // 4 + QK_K // 32),
-    GGMLType.IQ3_XXS: (QK_K, 2 + QK_K // 4 + QK_K // 8),
-    GGMLType.IQ1_S: (QK_K, 2 + QK_K // 8 + QK_K // 16),
-    GGMLType.IQ4_NL: (32, 2 + 16),
-    GGMLType.IQ3_S: (QK_K, 2 + QK_K // 4 + QK_K // 8 + QK_K // 32 + 4),
-    GGMLType.IQ2_S: (QK_K, 2 + QK_K // 4 + QK_K // 16),
-    GGMLType.IQ4_XS: (QK_K, 2 + 2 + QK_K // 2 + QK_K // 64),
-    GGMLType.IQ1_M: (QK_K, QK_K // 8 + QK_K // 16 + QK_K // 32),
-    GGMLType.TQ1_0: (QK_K, 2 + 4 * 13),
-    GGMLType.TQ2_0: (QK_K, 2 + 64),
-    GGMLType.MXFP4: (32, 1 + 16),
-}
-
-
-def tensor_nbytes(ggml_type: GGMLType, shape: tuple[int, ...]) -> int:
-    """Bytes of a tensor with GGML type and HF-order shape (last dimension is the row)."""
-    block, size = BLOCK_LAYOUT[ggml_type]
-    row = shape[-1] if shape else 1
-    if row % block:
-        raise ValueError(f"row of {row} elements is not a multiple of the {ggml_type.name} block ({block})")
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * size
 
 
 @dataclass(frozen=True)
@@ -83,39 +36,18 @@ class OutType:
     needs_imatrix: bool = False  # llama.cpp refuses to make it without an importance matrix
 
 
-_DIRECT = [
-    OutType("f32", 0, "F32", True, GGMLType.F32),
-    OutType("f16", 1, "F16", True, GGMLType.F16),
-    OutType("bf16", 32, "BF16", True, GGMLType.BF16),
-    OutType("q8_0", 7, "Q8_0", True, GGMLType.Q8_0),
-]
+def _offer(name: str, direct: bool = False, needs_imatrix: bool = False) -> OutType:
+    """The OutType ``name`` with gguf-py's file type (``ALL_F32``, ``MOSTLY_<NAME>``) and tensor type."""
+    label = name.upper()
+    ftype = LlamaFileType.ALL_F32 if label == "F32" else LlamaFileType[f"MOSTLY_{label}"]
+    return OutType(name, int(ftype), label, direct, GGMLType[label] if direct else None, needs_imatrix)
+
+
+_DIRECT = [_offer(name, direct=True) for name in ("f32", "f16", "bf16", "q8_0")]
 _VIA_LLAMA_CPP = [
-    OutType("q4_0", 2, "Q4_0", False),
-    OutType("q4_1", 3, "Q4_1", False),
-    OutType("q5_0", 8, "Q5_0", False),
-    OutType("q5_1", 9, "Q5_1", False),
-    OutType("q2_k", 10, "Q2_K", False),
-    OutType("q3_k_s", 11, "Q3_K_S", False),
-    OutType("q3_k_m", 12, "Q3_K_M", False),
-    OutType("q3_k_l", 13, "Q3_K_L", False),
-    OutType("q4_k_s", 14, "Q4_K_S", False),
-    OutType("q4_k_m", 15, "Q4_K_M", False),
-    OutType("q5_k_s", 16, "Q5_K_S", False),
-    OutType("q5_k_m", 17, "Q5_K_M", False),
-    OutType("q6_k", 18, "Q6_K", False),
-    OutType("iq4_nl", 25, "IQ4_NL", False),
-    OutType("iq3_s", 26, "IQ3_S", False),
-    OutType("iq3_m", 27, "IQ3_M", False),
-    OutType("iq4_xs", 30, "IQ4_XS", False),
-    OutType("iq2_xxs", 19, "IQ2_XXS", False, needs_imatrix=True),
-    OutType("iq2_xs", 20, "IQ2_XS", False, needs_imatrix=True),
-    OutType("q2_k_s", 21, "Q2_K_S", False, needs_imatrix=True),
-    OutType("iq3_xs", 22, "IQ3_XS", False, needs_imatrix=True),
-    OutType("iq3_xxs", 23, "IQ3_XXS", False, needs_imatrix=True),
-    OutType("iq1_s", 24, "IQ1_S", False, needs_imatrix=True),
-    OutType("iq2_s", 28, "IQ2_S", False, needs_imatrix=True),
-    OutType("iq2_m", 29, "IQ2_M", False, needs_imatrix=True),
-    OutType("iq1_m", 31, "IQ1_M", False, needs_imatrix=True),
+    *(_offer(name) for name in ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
+                                "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq3_s", "iq3_m", "iq4_xs")),
+    *(_offer(name, needs_imatrix=True) for name in ("iq2_xxs", "iq2_xs", "q2_k_s", "iq3_xs", "iq3_xxs", "iq1_s", "iq2_s", "iq2_m", "iq1_m")),
 ]
 
 OUTTYPES: dict[str, OutType] = {t.name: t for t in _DIRECT + _VIA_LLAMA_CPP}

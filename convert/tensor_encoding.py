@@ -4,8 +4,10 @@ The writer calls ``encode`` and writes each returned piece as it comes, so conve
 costs its source bytes plus a slab of temporaries (``SLAB_ELEMENTS`` float32 values), not a float32
 copy of the whole tensor. The arithmetic matches llama.cpp's converter, which widens every weight
 to float32 first: float16 is round-to-nearest-even from float32 (torch and numpy agree), bfloat16
-follows ggml's ``ggml_compute_fp32_to_bf16`` (round-to-nearest-even, NaN kept quiet), and Q8_0 is
-``convert.quantize_q8``.
+follows ggml's ``ggml_compute_fp32_to_bf16`` (round-to-nearest-even, NaN kept quiet) through
+gguf-py's numpy encoder (``gguf.quants``, what llama.cpp's converter uses), and Q8_0 is ggml's C
+reference quantizer (``convert.ggml_native``), falling back to ``gguf.quants`` (the same bytes)
+where llama-cpp-python is absent.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from convert.gguf_constants import GGMLType
+from gguf import GGMLQuantizationType as GGMLType
+from gguf.quants import quantize
+
 from convert.ggml_native import native_q8_0
-from convert.quantize_q8 import quantize_q8_0
 
 # 4 Mi float32 values (16 MiB) per slab: big enough that numpy's per-call overhead vanishes,
 # small enough that Q8_0's few temporaries stay well under 100 MiB.
@@ -38,13 +41,16 @@ def _rows(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _bf16_bytes(values: np.ndarray) -> np.ndarray:
-    """float32 to bfloat16 exactly as ggml does: quiet NaNs, then round to nearest even."""
-    n = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    nan = (n & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    rounded = ((n.astype(np.uint64) + (np.uint64(0x7FFF) + ((n >> np.uint32(16)) & np.uint32(1)))) >> np.uint64(16)).astype(np.uint16)
-    if nan.any():
-        rounded = np.where(nan, ((n >> np.uint32(16)) | np.uint32(64)).astype(np.uint16), rounded)
-    return rounded.view(np.uint8).reshape(-1)
+    """float32 to bfloat16 bytes, as ggml does (gguf-py's numpy encoder)."""
+    return quantize(np.ascontiguousarray(values, dtype=np.float32), GGMLType.BF16).reshape(-1)
+
+
+def _q8_0_bytes(values: np.ndarray) -> np.ndarray:
+    """float32 to Q8_0 blocks: ggml's C quantizer when llama-cpp-python is there, gguf-py's otherwise."""
+    native = native_q8_0()
+    if native is not None:
+        return native(values)
+    return quantize(np.ascontiguousarray(values, dtype=np.float32), GGMLType.Q8_0).reshape(-1)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -101,6 +107,6 @@ def encode(tensor: torch.Tensor, ggml_type: GGMLType, threads: int | None = None
         elif ggml_type == GGMLType.BF16:
             yield np.ascontiguousarray(_in_parallel(_bf16_bytes, slab.to(torch.float32).numpy(), threads)).data.cast("B")
         elif ggml_type == GGMLType.Q8_0:
-            yield np.ascontiguousarray(_in_parallel(native_q8_0() or quantize_q8_0, slab.to(torch.float32).numpy(), threads)).data.cast("B")
+            yield np.ascontiguousarray(_in_parallel(_q8_0_bytes, slab.to(torch.float32).numpy(), threads)).data.cast("B")
         else:
             raise ValueError(f"convert writes only {', '.join(t.name for t in DIRECT_TYPES)}, not {ggml_type.name}")

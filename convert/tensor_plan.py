@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from gguf import GGML_QUANT_SIZES, MODEL_TENSOR, TENSOR_NAMES
+from gguf import GGMLQuantizationType as GGMLType
 
 from convert.architectures import Architecture, supported
 from convert.errors import ConvertError
-from convert.gguf_constants import GGMLType, TensorNames
-from convert.quantize_q8 import QK8_0
 
-ROPE_FREQS = TensorNames.ROPE_FREQS + ".weight"
+ROPE_FREQS = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
 EMBEDDING = "model.embed_tokens.weight"
 
 
@@ -41,7 +41,7 @@ def tensor_type(gguf_name: str, shape: tuple[int, ...], weight_type: GGMLType) -
     """llama.cpp's choice: float32 for 1-D, norms and non-weights; the output type otherwise."""
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
         return GGMLType.F32
-    if weight_type == GGMLType.Q8_0 and shape[-1] % QK8_0:
+    if weight_type == GGMLType.Q8_0 and shape[-1] % GGML_QUANT_SIZES[GGMLType.Q8_0][0]:
         return GGMLType.F16
     return weight_type
 

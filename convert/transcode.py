@@ -11,11 +11,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType as GGMLType
+from gguf import GGUFValueType, Keys
 
 from convert.errors import ConvertError
-from convert.gguf_constants import GGMLType, GGUFValueType, Keys
 from convert.gguf_reader import GGUFFile, read_gguf
-from convert.gguf_writer import GGUFWriter
+from convert.gguf_stream import StreamingWriter
 from convert.quant_tables import OutType
 from convert.tensor_encoding import encode
 from convert.tensor_plan import tensor_type
@@ -44,13 +45,13 @@ def transcode(inp: Path, out: Path, out_type: OutType, on_progress: Progress | N
     if out_type.ggml_type is None:
         raise ValueError(f"{out_type.name} is not a direct type")
     with read_gguf(inp) as src:
-        writer = GGUFWriter(out, alignment=int(src.metadata.get(Keys.ALIGNMENT, 32)))
+        writer = StreamingWriter(out, src.architecture or "", alignment=src.alignment)
         try:
             for key, value in src.metadata.items():
                 vtype, elem = src.value_types[key]
-                writer.add_value(key, out_type.ftype if key == Keys.FILE_TYPE else value, vtype, elem)
-            if Keys.FILE_TYPE not in src.metadata:
-                writer.add_value(Keys.FILE_TYPE, out_type.ftype, GGUFValueType.UINT32)
+                writer.add_value(key, out_type.ftype if key == Keys.General.FILE_TYPE else value, vtype, elem)
+            if Keys.General.FILE_TYPE not in src.metadata:
+                writer.add_value(Keys.General.FILE_TYPE, out_type.ftype, GGUFValueType.UINT32)
             types = {t.name: tensor_type(t.name, t.shape, out_type.ggml_type) for t in src.tensors}
             for t in src.tensors:
                 writer.add_tensor(t.name, t.shape, types[t.name])

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gguf import TokenType
+
 from convert.errors import ConvertError
-from convert.gguf_constants import TokenType
 from convert.pretokenizers import declared_steps, detect_pre_tokenizer
 from convert.special_tokens import looks_special
 from convert.tokenizer_facts import TokenizerFacts

@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys, TokenType
+
 from convert.errors import ConvertError
-from convert.gguf_constants import Keys, TokenType
 from convert.special_tokens import looks_special
 from convert.tokenizer_facts import TokenizerFacts
 from convert.vocab_types import Vocab, too_big
@@ -90,7 +91,7 @@ def read_sentencepiece(facts: TokenizerFacts, n_vocab: int) -> Vocab:
         tokens[token_id] = text
         scores[token_id] = ADDED_SCORE
 
-    extra: dict[str, Any] = {Keys.ADD_SPACE_PREFIX: _add_space_prefix(facts, proto)}
+    extra: dict[str, Any] = {Keys.Tokenizer.ADD_PREFIX: _add_space_prefix(facts, proto)}
     warnings = []
     spec = proto.normalizer_spec
     if spec.name not in ("identity", "") or spec.remove_extra_whitespaces:

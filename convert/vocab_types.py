@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gguf import GGUFValueType, Keys
+
 from convert.errors import ConvertError
-from convert.gguf_constants import GGUFValueType, Keys
 
 
 @dataclass
@@ -25,15 +26,15 @@ class Vocab:
     def metadata(self) -> list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]:
         """(key, value, type, element type) for the writer; None types mean KEY_TYPES decides."""
         out: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [
-            (Keys.TOKENIZER_MODEL, self.model, None, None),
-            (Keys.TOKENIZER_PRE, self.pre, None, None),
-            (Keys.TOKEN_LIST, self.tokens, GGUFValueType.ARRAY, GGUFValueType.STRING),
+            (Keys.Tokenizer.MODEL, self.model, None, None),
+            (Keys.Tokenizer.PRE, self.pre, None, None),
+            (Keys.Tokenizer.LIST, self.tokens, GGUFValueType.ARRAY, GGUFValueType.STRING),
         ]
         if self.scores is not None:
-            out.append((Keys.TOKEN_SCORES, self.scores, GGUFValueType.ARRAY, GGUFValueType.FLOAT32))
-        out.append((Keys.TOKEN_TYPE, self.types, GGUFValueType.ARRAY, GGUFValueType.INT32))
+            out.append((Keys.Tokenizer.SCORES, self.scores, GGUFValueType.ARRAY, GGUFValueType.FLOAT32))
+        out.append((Keys.Tokenizer.TOKEN_TYPE, self.types, GGUFValueType.ARRAY, GGUFValueType.INT32))
         if self.merges:
-            out.append((Keys.MERGES, self.merges, GGUFValueType.ARRAY, GGUFValueType.STRING))
+            out.append((Keys.Tokenizer.MERGES, self.merges, GGUFValueType.ARRAY, GGUFValueType.STRING))
         for key, value in self.extra.items():
             elem = GGUFValueType.STRING if isinstance(value, list) else None
             out.append((key, value, GGUFValueType.ARRAY if elem else None, elem))

@@ -11,26 +11,41 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as GGMLType
+from gguf import GGUFValueType
 
+from convert import tensor_encoding
 from convert.errors import ConvertError
-from convert.gguf_constants import GGMLType, GGUFValueType
-from convert.gguf_writer import GGUFWriter
+from convert.gguf_stream import StreamingWriter
 from convert.metadata import file_name, name_parts, size_label
 from convert.pretokenizers import detect_pre_tokenizer
 from convert.quant_tables import NEEDS_IMATRIX, OUTTYPES, outtype, require_imatrix
 from cvlocal.outputs.types import parse_outtypes
-from convert.quantize_q8 import dequantize_q8_0, quantize_q8_0
 from convert.tensor_encoding import encode
 from convert.tensor_plan import permute_rotary, tensor_type
 
 # ----------------------------------------------------------------------------- Q8_0
 
 
-def test_q8_0_rounds_half_away_from_zero_with_exact_scale():
+@pytest.fixture(params=["ggml C", "gguf numpy"])
+def q8_0(request, monkeypatch):
+    """The converter's Q8_0 encoder, through ggml's C quantizer and through its gguf.quants fallback."""
+    if request.param == "gguf numpy":
+        monkeypatch.setattr(tensor_encoding, "native_q8_0", lambda: None)
+    else:
+        assert tensor_encoding.native_q8_0() is not None, "llama-cpp-python's ggml library was not found"
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.frombuffer(b"".join(bytes(p) for p in encode(torch.from_numpy(x), GGMLType.Q8_0)), dtype=np.uint8)
+
+    return run
+
+
+def test_q8_0_rounds_half_away_from_zero_with_exact_scale(q8_0):
     # amax 127 -> d = 1 exactly, so x * (1/d) = x and ties are visible: roundf(2.5) = 3, roundf(-3.5) = -4.
     block = np.zeros(32, dtype=np.float32)
     block[:6] = [127.0, 2.5, -3.5, 0.5, -0.5, 1.49999988]
-    raw = quantize_q8_0(block)
+    raw = q8_0(block)
     assert raw.size == 34
     assert raw[:2].view(np.float16)[0] == np.float16(1.0)
     q = raw[2:].view(np.int8)
@@ -38,21 +53,22 @@ def test_q8_0_rounds_half_away_from_zero_with_exact_scale():
     assert not q[6:].any()
 
 
-def test_q8_0_zero_block_has_zero_scale():
-    raw = quantize_q8_0(np.zeros(64, dtype=np.float32))
-    assert not raw.any()
+def test_q8_0_zero_block_has_zero_scale(q8_0):
+    assert not q8_0(np.zeros((2, 64), dtype=np.float32)).any()
 
 
-def test_q8_0_matches_llamacpp_reference_bytes():
-    # gguf-py's Q8_0 is llama.cpp's own Python port of quantize_row_q8_0_ref: an independent implementation.
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((64, 256)) * rng.uniform(0.001, 10, (64, 1))).astype(np.float32)
+def test_q8_0_c_path_and_gguf_fallback_are_byte_identical(monkeypatch):
+    """ggml's C quantizer (the fast path) against the gguf.quants fallback, through the converter's encoder."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((64, 256)) * rng.uniform(0.001, 30, (64, 1))).astype(np.float32)
     x[3, :32] = 0.0
-    x[5, 40] = 1e-30
-    ours = quantize_q8_0(x)
-    ref = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
-    assert ours.tobytes() == np.ascontiguousarray(ref).tobytes()
-    back = dequantize_q8_0(ours, x.size).reshape(x.shape)
+    x[5, 7] = 1e-30
+    x[6, :32] = np.linspace(-127, 127, 32, dtype=np.float32) + 0.5  # ties
+    c_path = b"".join(bytes(p) for p in encode(torch.from_numpy(x), GGMLType.Q8_0))
+    monkeypatch.setattr(tensor_encoding, "native_q8_0", lambda: None)
+    fallback = b"".join(bytes(p) for p in encode(torch.from_numpy(x), GGMLType.Q8_0))
+    assert c_path == fallback
+    back = gguf.quants.dequantize(np.frombuffer(c_path, dtype=np.uint8).reshape(64, -1), GGMLType.Q8_0)
     scale = np.abs(x).reshape(-1, 32).max(axis=1).repeat(32).reshape(x.shape) / 127
     # half a step of rounding, plus the fp16 rounding of the scale (relative 2^-11) on |q| <= 127
     assert np.all(np.abs(back - x) <= scale * (0.5 + 127 * 2.0**-11) * 1.0001 + 1e-30)
@@ -106,13 +122,12 @@ def test_permute_rotary_interleaves_each_heads_halves():
 
 def test_writer_output_reads_back_with_the_gguf_package(tmp_path: Path):
     path = tmp_path / "t.gguf"
-    w = GGUFWriter(path)
-    w.add_value("general.architecture", "llama")
+    w = StreamingWriter(path, "llama")
     w.add_value("llama.block_count", 2, GGUFValueType.UINT32)
     w.add_value("llama.attention.layer_norm_rms_epsilon", 1e-5, GGUFValueType.FLOAT32)
     w.add_value("tokenizer.ggml.add_bos_token", True, GGUFValueType.BOOL)
-    w.add_array("tokenizer.ggml.tokens", ["<s>", "你好", "🙂"], GGUFValueType.STRING)
-    w.add_array("tokenizer.ggml.token_type", [3, 1, 1], GGUFValueType.INT32)
+    w.add_value("tokenizer.ggml.tokens", ["<s>", "你好", "🙂"], GGUFValueType.ARRAY, GGUFValueType.STRING)
+    w.add_value("tokenizer.ggml.token_type", [3, 1, 1], GGUFValueType.ARRAY, GGUFValueType.INT32)
     w.add_value("cvlocal.ratio", 0.1)
     w.add_value("cvlocal.vectors", ["a", "b"])
     a = torch.randn(40, 64)
@@ -142,23 +157,33 @@ def test_writer_output_reads_back_with_the_gguf_package(tmp_path: Path):
 
 
 def test_writer_refuses_out_of_order_and_short_tensors(tmp_path: Path):
-    w = GGUFWriter(tmp_path / "t.gguf")
+    w = StreamingWriter(tmp_path / "t.gguf", "llama")
     w.add_tensor("a", (4, 32), GGMLType.F32)
     w.add_tensor("b", (4, 32), GGMLType.F32)
     w.write_header()
     with pytest.raises(RuntimeError, match="expected tensor 'a'"):
         w.write_tensor("b", [b"\0" * 512])
-    with pytest.raises(RuntimeError, match="needs 512"):
+    with pytest.raises(RuntimeError, match="need 512"):
         w.write_tensor("a", [b"\0" * 100])
+    with pytest.raises(RuntimeError, match="more than the 512 bytes"):
+        w.write_tensor("a", [b"\0" * 500, b"\0" * 100])
     w.abort()
 
 
 # ----------------------------------------------------------------------------- output types
 
 
-def test_ftype_numbers_match_llama_cpp_file_types():
+LLAMA_H = next(iter(sorted(Path(__file__).resolve().parents[1].glob(".build/sdist/llama_cpp_python-*/vendor/llama.cpp/include/llama.h"))), None)
+
+
+@pytest.mark.skipif(LLAMA_H is None, reason="llama.cpp source (.build/sdist) not present")
+def test_ftype_numbers_match_llama_h():
+    """Every offered type's file type is llama.h's LLAMA_FTYPE_* (the C library we hand it to)."""
+    import re
+
+    ftypes = {m[1]: int(m[2]) for m in re.finditer(r"LLAMA_FTYPE_(?:MOSTLY|ALL)_(\w+)\s*=\s*(\d+)", LLAMA_H.read_text())}
     for t in OUTTYPES.values():
-        assert gguf.LlamaFileType[f"MOSTLY_{t.label}" if t.name != "f32" else "ALL_F32"] == t.ftype
+        assert ftypes[t.label] == t.ftype, t.name
 
 
 def test_outtype_names_aliases_and_refusals():
@@ -242,16 +267,3 @@ def test_model_card_gives_license_and_base_models(tmp_path: Path):
     assert meta["general.base_model.0.repo_url"] == "https://huggingface.co/meta-llama/Meta-Llama-3-8B"
     assert meta["general.base_model.1.name"] == "zh-cp"
     assert (meta["general.basename"], meta["general.size_label"], meta["general.finetune"]) == ("Llama-3", "8B", "zh-CP")
-
-
-def test_numpy_q8_0_equals_ggml_c_reference():
-    """The numpy fallback against ggml's own C quantizer (the one the converter uses when present)."""
-    from convert.ggml_native import native_q8_0
-
-    native = native_q8_0()
-    assert native is not None, "llama-cpp-python's ggml library was not found"
-    rng = np.random.default_rng(7)
-    x = (rng.standard_normal((64, 256)) * rng.uniform(0.001, 30, (64, 1))).astype(np.float32)
-    x[3, :32] = 0.0
-    x[5, 7] = 1e-30
-    assert np.array_equal(native(x), quantize_q8_0(x))

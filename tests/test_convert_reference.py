@@ -1,12 +1,18 @@
-"""Tensor data byte-identical to llama.cpp's own converter (convert_hf_to_gguf.py) for f16 and q8_0.
+"""Our GGUF against llama.cpp's own converter (convert_hf_to_gguf.py) on every family both support.
 
-llama.cpp's converter accepts SentencePiece Llama-2 models (it refuses BPE tokenizers whose
-hash it does not know, i.e. every retrained one), so the comparison uses the tiny llama2 CP
-model. The converter comes from the llama-cpp-python source distribution that ``make setup``
-builds from (``.build/sdist``); without it the test is skipped.
+For each tiny chat model (llama2, llama3, mistral, qwen2, qwen3) and each type both write (f32,
+f16, bf16, q8_0): every tensor has llama.cpp's name, type, shape and bytes; and our key-value set
+is a superset of llama.cpp's, with the same value and value type for every key but those listed in
+``MAY_DIFFER``. A key llama.cpp writes that we do not fails the test, naming it.
+
+The converter comes from the llama-cpp-python source distribution that ``make setup`` builds
+from (``.build/sdist``); without it the tests are skipped. All 20 reference files are made by one
+process (``tests/llama_cpp_reference.py``), since importing torch and the converter is most of a
+tiny model's conversion time.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,34 +22,66 @@ import gguf
 import numpy as np
 import pytest
 
+from tests.factory import KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP = next(iter(sorted(ROOT.glob(".build/sdist/llama_cpp_python-*/vendor/llama.cpp"))), None)
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+# general.name: llama.cpp title-cases the folder name ("Llama3 Chat"), we keep it ("llama3-chat").
+# tokenizer.ggml.pre of BPE models: llama.cpp is given ours (see tests/llama_cpp_reference.py).
+MAY_DIFFER = {"general.name", "tokenizer.ggml.pre"}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(LLAMA_CPP is None or not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file(), reason="llama.cpp source (.build/sdist) not present"),
+]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(LLAMA_CPP is None or not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file(), reason="llama.cpp source (.build/sdist) not present")
-@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
-def test_tensor_bytes_equal_llama_cpp_converter(outtype, tiny_family, tiny_gguf, tmp_path):
-    folder = tiny_family("llama2").cp
-    reference = tmp_path / f"reference-{outtype}.gguf"
+@pytest.fixture(scope="module")
+def pairs(tiny_family, tiny_gguf, tmp_path_factory) -> dict[tuple[str, str], tuple[Path, Path]]:
+    """(kind, outtype) -> (our GGUF, llama.cpp's GGUF) of the tiny chat model."""
+    out = tmp_path_factory.mktemp("llama-cpp-reference")
+    ours = {(kind, t): tiny_gguf(kind, t, which="chat") for kind in KINDS for t in OUTTYPES}
+    jobs = []
+    for (kind, outtype), path in ours.items():
+        fields = gguf.GGUFReader(path).fields
+        bpe = fields["tokenizer.ggml.model"].contents() == "gpt2"
+        jobs.append({"model": str(tiny_family(kind).chat), "outtype": outtype, "outfile": str(out / f"{kind}-{outtype}.gguf"),
+                     "pre": fields["tokenizer.ggml.pre"].contents() if bpe else None})
+    (out / "jobs.json").write_text(json.dumps(jobs))
     env = {**os.environ, "PYTHONPATH": str(LLAMA_CPP / "gguf-py")}
-    result = subprocess.run(
-        [sys.executable, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(folder), "--outtype", outtype, "--outfile", str(reference)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf("llama2", outtype, which="cp")).tensors}
-    theirs = {t.name: t for t in gguf.GGUFReader(reference).tensors}
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "llama_cpp_reference.py"), str(LLAMA_CPP), str(out / "jobs.json")],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {key: (path, Path(job["outfile"])) for (key, path), job in zip(ours.items(), jobs)}
+
+
+@pytest.mark.parametrize("outtype", OUTTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_tensor_bytes_equal_llama_cpp_converter(kind, outtype, pairs):
+    ours_path, ref_path = pairs[kind, outtype]
+    ours = {t.name: t for t in gguf.GGUFReader(ours_path).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(ref_path).tensors}
     assert ours.keys() == theirs.keys()
     for name, t in theirs.items():
         assert ours[name].tensor_type == t.tensor_type, name
         assert list(ours[name].shape) == list(t.shape), name
         assert np.asarray(ours[name].data).tobytes() == np.asarray(t.data).tobytes(), name
-    # and the metadata agree (the display name aside: llama.cpp title-cases the folder name)
-    ref_fields = gguf.GGUFReader(reference).fields
-    our_fields = gguf.GGUFReader(tiny_gguf("llama2", outtype, which="cp")).fields
-    for key, field in ref_fields.items():
-        if key.startswith("GGUF.") or key in ("general.name", "tokenizer.ggml.add_sep_token"):
-            continue
-        assert key in our_fields, key
-        assert our_fields[key].contents() == field.contents(), key
+
+
+def _key_comparison(ours_path: Path, ref_path: Path) -> tuple[list[str], list[str]]:
+    """(keys llama.cpp writes that we do not, keys whose value or value type differ)."""
+    ours, theirs = gguf.GGUFReader(ours_path).fields, gguf.GGUFReader(ref_path).fields
+    keys = [k for k in theirs if not k.startswith("GGUF.")]
+    missing = [k for k in keys if k not in ours]
+    differ = [k for k in keys if k in ours and k not in MAY_DIFFER
+              and (ours[k].types != theirs[k].types or ours[k].contents() != theirs[k].contents())]
+    return missing, differ
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_our_keys_are_a_superset_of_llama_cpps(kind, pairs):
+    for outtype in ("f16", "q8_0"):
+        missing, differ = _key_comparison(*pairs[kind, outtype])
+        assert not missing, f"{kind} {outtype}: llama.cpp writes keys we do not: {missing}"
+        assert not differ, f"{kind} {outtype}: keys whose value or type differ from llama.cpp's: {differ}"

@@ -218,12 +218,15 @@ def test_merged_folder_loads_and_chats_in_transformers(tiny_family, tmp_path, ki
 
 @pytest.mark.parametrize("kind,outtype", [("llama3", "q8_0"), ("qwen2", "f16")])
 def test_one_pass_gguf_equals_converting_the_merged_folder(tiny_family, tmp_path, kind, outtype):
-    """merge -o x.gguf streams into the converter; its tensors must be those of merge-then-convert."""
+    """merge -o x.gguf streams into the converter; its tensors must be those of merge-then-convert.
+
+    The one pass rounds the float32 result once, to the output type, so the two-step route that
+    gives the same bytes keeps the merged folder in float32 (--dtype float32)."""
     from gguf import GGUFReader
 
     fam = tiny_family(kind)
     folder, one_pass, two_step = tmp_path / "merged", tmp_path / "one.gguf", tmp_path / "two.gguf"
-    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "--ratio", "0.6", "-o", folder, "--quiet")
+    cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "--ratio", "0.6", "-o", folder, "--dtype", "float32", "--quiet")
     cli("convert", folder, "-o", two_step, "--outtype", outtype, "--quiet")
     cli("merge", fam.cp, "--base", fam.base, "--chat", fam.chat, "--ratio", "0.6", "-o", one_pass, "--outtype", outtype, "--quiet")
     a, b = GGUFReader(str(one_pass)), GGUFReader(str(two_step))

@@ -246,11 +246,11 @@ def test_llama_cpp_quantizer_past_a_file_size_limit_is_one_line(tiny_gguf, tmp_p
 
 def test_a_failing_consumer_leaves_no_merge_thread_running(fam_copy, tmp_path, monkeypatch):
     """The GGUF writer fails mid-stream: every pipeline thread is joined before the error arrives."""
-    from convert import gguf_writer
+    from convert import gguf_stream
     from cvlocal.vector.merge import merge_models
 
     calls = {"n": 0}
-    original = gguf_writer.GGUFWriter.write_tensor
+    original = gguf_stream.StreamingWriter.write_tensor
 
     def failing(self, name, pieces):
         calls["n"] += 1
@@ -258,7 +258,7 @@ def test_a_failing_consumer_leaves_no_merge_thread_running(fam_copy, tmp_path, m
             raise OSError(28, "No space left on device")
         return original(self, name, pieces)
 
-    monkeypatch.setattr(gguf_writer.GGUFWriter, "write_tensor", failing)
+    monkeypatch.setattr(gguf_stream.StreamingWriter, "write_tensor", failing)
     with pytest.raises(OSError) as caught:  # the traceback (and its frames) stays alive here
         merge_models(fam_copy / "cp", tmp_path / "m.gguf", base=fam_copy / "base", chat=fam_copy / "chat", quiet=True)
     alive = [t.name for t in threading.enumerate() if t.name.startswith("cvlocal-")]
@@ -272,7 +272,7 @@ _SLOW_MERGE = textwrap.dedent("""
     # Pause in the main thread mid-stream (signals are handled there): in the compute step of a
     # merge to a folder, in the GGUF writer of a one-pass merge.
     import sys, threading, time
-    from convert import gguf_writer
+    from convert import gguf_stream
     from cvlocal.vector import merge
     calls = []
     def pausing(original):
@@ -285,7 +285,7 @@ _SLOW_MERGE = textwrap.dedent("""
             return original(*args)
         return run
     merge.MergeComputer.compute = pausing(merge.MergeComputer.compute)
-    gguf_writer.GGUFWriter.write_tensor = pausing(gguf_writer.GGUFWriter.write_tensor)
+    gguf_stream.StreamingWriter.write_tensor = pausing(gguf_stream.StreamingWriter.write_tensor)
     from cvlocal.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

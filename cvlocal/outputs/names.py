@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from gguf import GGMLQuantizationType as GGMLType
+
 from convert.checkpoint import open_checkpoint
 from convert.conversion import SourcePlan, general_keys, planned
 from cvlocal.errors import UsageError
-from convert.gguf_constants import GGMLType
 from convert.hub_cache import model_folder
 from convert.metadata import file_name
 from convert.quant_tables import OutType, outtype as lookup_outtype

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from convert.gguf_constants import GGMLType
+from gguf import GGMLQuantizationType as GGMLType
 from convert.quant_tables import OUTTYPES, TENSOR_TYPES, OutType, outtype
 from cvlocal.errors import UsageError
 

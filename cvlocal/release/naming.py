@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from convert.gguf_constants import Keys
+from gguf import Keys
+
 from convert.metadata import file_name, name_parts
 
-_PARTS = {"basename": Keys.BASENAME, "size_label": Keys.SIZE_LABEL, "finetune": Keys.FINETUNE, "version": Keys.VERSION}
+_PARTS = {"basename": Keys.General.BASENAME, "size_label": Keys.General.SIZE_LABEL, "finetune": Keys.General.FINETUNE, "version": Keys.General.VERSION}
 
 
 def release_general(metadata: Mapping[str, Any], *, name: str | None = None, version: str | None = None) -> dict[str, Any]:
@@ -20,16 +21,16 @@ def release_general(metadata: Mapping[str, Any], *, name: str | None = None, ver
     general = {k: v for k, v in metadata.items() if k.startswith("general.")}
     if name:
         parts = name_parts(name, 0)
-        if not parts["size_label"] and general.get(Keys.SIZE_LABEL):
-            parts["size_label"] = str(general[Keys.SIZE_LABEL])
-        general[Keys.NAME] = name
+        if not parts["size_label"] and general.get(Keys.General.SIZE_LABEL):
+            parts["size_label"] = str(general[Keys.General.SIZE_LABEL])
+        general[Keys.General.NAME] = name
         for part, key in _PARTS.items():
             if parts[part]:
                 general[key] = parts[part]
             else:
                 general.pop(key, None)
     if version:
-        general[Keys.VERSION] = version
+        general[Keys.General.VERSION] = version
     return general
 
 

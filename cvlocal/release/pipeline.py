@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from gguf import Keys
+
 from cvlocal.outputs.atomic import atomic_output, check_output_path, partial_path, remove_path, remove_stale_partials
-from convert.gguf_constants import Keys
 from convert.quant_tables import OutType
 from cvlocal.errors import UsageError, WorkError
 from cvlocal.release import scoring
@@ -226,9 +227,9 @@ class Release:
                         return candidate, ref["sha256"]
         metadata: dict[str, Any] = {}
         if self.req.name:  # the converter splits the name into base name, size label and fine-tune
-            metadata[Keys.NAME] = self.req.name
+            metadata[Keys.General.NAME] = self.req.name
         if self.req.version:
-            metadata[Keys.VERSION] = self.req.version
+            metadata[Keys.General.VERSION] = self.req.version
         self.progress.stage("reference", f"convert to {label}", src.n_tensors or None)
 
         def on_progress(tensor_name: str, nbytes: int) -> None:

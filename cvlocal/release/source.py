@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import GGMLQuantizationType as GGMLType
+from gguf import Keys
+
 from convert.checkpoint import open_checkpoint
 from convert.json_file import load_json
 from convert.errors import ConvertError
-from convert.gguf_constants import GGMLType, Keys
 from convert.gguf_reader import read_gguf
 from convert.hub_cache import model_folder
 from convert.tokenizer_facts import read_tokenizer_facts
@@ -87,7 +89,7 @@ def _open_gguf(path: Path) -> Source:
             label = FTYPE_LABELS.get(ftype, f"file type {ftype}") if ftype is not None else "an unknown file type"
             raise UsageError(f"the GGUF is {label}, not f32/f16/bf16", path,
                              "Release from the merged folder or a f32/f16/bf16 GGUF; quantizing a quantized file compounds the error.")
-        if Keys.TOKENIZER_MODEL not in gguf.metadata:
+        if Keys.Tokenizer.MODEL not in gguf.metadata:
             raise UsageError("the GGUF has no tokenizer (tokenizer.ggml.model)", path,
                              "Convert the model again from a folder that has its tokenizer files.")
         st = path.stat()
@@ -178,12 +180,12 @@ def gguf_provenance(path: Path, metadata: dict[str, Any]) -> Provenance:
         except ValueError:
             recipe = None
     bases = []
-    count = metadata.get(Keys.BASE_MODEL_COUNT)
+    count = metadata.get(Keys.General.BASE_MODEL_COUNT)
     for i in range(int(count) if isinstance(count, int) else 0):
-        name = metadata.get(Keys.BASE_MODEL_NAME.format(id=i)) or metadata.get(Keys.BASE_MODEL_REPO_URL.format(id=i))
+        name = metadata.get(Keys.General.BASE_MODEL_NAME.format(id=i)) or metadata.get(Keys.General.BASE_MODEL_REPO_URL.format(id=i))
         if name:
             bases.append(str(name))
-    license_ = metadata.get(Keys.LICENSE)
+    license_ = metadata.get(Keys.General.LICENSE)
     return Provenance(source=f"GGUF `{path.name}`", base_models=bases, recipe=recipe,
                       license=str(license_) if license_ else None,
-                      languages=language_tags(_as_list(metadata.get(Keys.LANGUAGES))))
+                      languages=language_tags(_as_list(metadata.get(Keys.General.LANGUAGES))))

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from gguf import GGMLQuantizationType as GGMLType
 
 from convert.checkpoint import Checkpoint, open_checkpoint
-from convert.gguf_constants import GGMLType
 from convert.gguf_reader import read_gguf
 from convert.quant_tables import outtype
 from convert.tensor_plan import permute_rotary, rotary_heads

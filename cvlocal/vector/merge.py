@@ -1,9 +1,9 @@
 """``cvlocal merge``: ``out = cp + sum(r_i * (chat_i - base_i))``, streamed chunk by chunk.
 
-The arithmetic runs in float32 on the chosen device and is rounded once to the output dtype (the
-CP's, or ``--dtype``). The output is a HF folder (sharded safetensors, config, tokenizer, card) or,
-for a path ending in ``.gguf``, a GGUF file written in one pass through ``convert.write_gguf``
-with no HF folder in between.
+The arithmetic runs in float32 on the chosen device and is rounded once: to the output dtype (the
+CP's, or ``--dtype``) for a HF folder (sharded safetensors, config, tokenizer, card); for a path
+ending in ``.gguf``, the float32 result flows in row chunks straight into ``convert.write_ggufs``,
+which rounds it once to each output type (f16, q8_0 ...), with no HF folder in between.
 """
 from __future__ import annotations
 
@@ -264,11 +264,11 @@ def _stream_to_hf(plan: MergePlan, computer: MergeComputer, out: Path, shard_siz
     return files
 
 
-def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """Whole merged tensors, in order, from a pipeline running in a background thread.
+def _merged_rows(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """The merged tensors as runs of whole rows (``(name, rows)``, in order) from a pipeline in a background thread.
 
-    The GGUF writer permutes and quantizes whole tensors, so chunks are put back together here;
-    the queue holds at most one finished tensor, which bounds memory to about two tensors.
+    The converter takes a tensor in consecutive row pieces, so nothing is assembled here: the
+    queue holds one chunk, and memory stays a few chunks whatever the size of the embedding.
     """
     tensors = plan.output_plan()
     chunks = plan_chunks((n, s) for n, _, s in tensors)
@@ -279,27 +279,17 @@ def _assembled(plan: MergePlan, computer: MergeComputer, quiet: bool) -> Iterato
     total = sum(tensor_bytes(d, s) for _, d, s in tensors)
 
     def produce() -> None:
-        current: dict[str, torch.Tensor] = {}
         try:
             with tensor_progress("merge -> gguf", total, len(tensors), quiet) as advance:
                 def write(chunk: Chunk, rows: torch.Tensor) -> None:
-                    if cancel.is_set():
-                        raise KeyboardInterrupt
-                    if chunk.start == 0 and chunk.last:
-                        whole = rows
-                    else:
-                        whole = current.setdefault(chunk.name, torch.empty((chunk.rows, *rows.shape[1:]), dtype=rows.dtype))
-                        whole[chunk.start : chunk.stop] = rows
                     advance(rows.numel() * rows.element_size(), chunk.last)
-                    if chunk.last:
-                        current.pop(chunk.name, None)
-                        while not cancel.is_set():
-                            try:
-                                done.put((chunk.name, whole), timeout=0.1)
-                                return
-                            except queue.Full:
-                                continue
-                        raise KeyboardInterrupt
+                    while not cancel.is_set():
+                        try:
+                            done.put((chunk.name, rows), timeout=0.1)
+                            return
+                        except queue.Full:
+                            continue
+                    raise KeyboardInterrupt
                 run_pipeline(chunks, computer.read, computer.compute, write)
         except BaseException as err:
             error.append(err)
@@ -344,7 +334,7 @@ def _stream_to_gguf(plan: MergePlan, computer: MergeComputer, out: Path, outtype
         targets = output_paths(out, outtypes, side_dir, plan=shapes, metadata=metadata)
         for path in targets.values():
             check_output_path(path, force)
-        with closing(_assembled(plan, computer, quiet)) as tensors:
+        with closing(_merged_rows(plan, computer, quiet)) as tensors:
             written = write_ggufs(
                 side_dir, targets, plan=shapes, tensors=tensors, threads=threads, force=force, origin=plan.cp.path,
                 metadata=metadata, on_stage=lambda t: say(f"quantizing to {t}", quiet), on_warning=lambda w: say(f"note: {w}", quiet),
@@ -396,7 +386,10 @@ def merge_models(
         check_ratio(value)
     sources = _sources([(Path(p), float(r)) for p, r in vectors], Path(base) if base else None, Path(chat) if chat else None, float(ratio))
     try:
-        plan = plan_merge(Path(cp), sources, embeddings=embeddings, special_tokens=special_tokens, dtype=torch_dtype)
+        # A GGUF output is rounded once, by the converter, to each output type: the merge hands it
+        # float32 (unless --dtype says otherwise). An HF folder keeps the CP's dtype.
+        merged_dtype = torch_dtype if torch_dtype is not None or not to_gguf else torch.float32
+        plan = plan_merge(Path(cp), sources, embeddings=embeddings, special_tokens=special_tokens, dtype=merged_dtype)
         if plan.special:
             say("special tokens from the chat model: " + ", ".join(f"{p.text}: {p.cp_id}<-{p.chat_id}" for p in plan.special), quiet)
         for name, mode in plan.embeddings.items():
