@@ -158,11 +158,11 @@ LLAMA = Architecture(
     generated=("llama3_rope_freqs",),
     excluded=_MOE,
     rope_types=("", "default", "linear", "yarn", "dynamic", "llama3"),
-    notes="Llama 2, Llama 3.x (llama3 rope scaling), SentencePiece or BPE",
+    notes="Llama 2 (SentencePiece, byte fallback), Llama 3, 3.1, 3.2 (byte-level BPE, `llama3` rope scaling, tied embeddings in 3.2)",
 )
 
 # Mistral is Llama's layout under another class name.
-MISTRAL = replace(LLAMA, family="Mistral", hf_names=("MistralForCausalLM",), notes="Mistral 7B v0.1-v0.3")
+MISTRAL = replace(LLAMA, family="Mistral", hf_names=("MistralForCausalLM",), notes="SentencePiece, `[INST]` control tokens (v0.3)")
 
 QWEN2 = Architecture(
     family="Qwen2",
@@ -170,7 +170,7 @@ QWEN2 = Architecture(
     model_arch=gguf.MODEL_ARCH.QWEN2,
     hparams=_CORE,
     rules=_ROPE,
-    notes="Qwen2, Qwen2.5 (q/k/v biases)",
+    notes="Qwen2 / 2.5: q/k/v biases, tied embeddings, Qwen2 pre-tokenizer",
 )
 
 QWEN3 = Architecture(
@@ -179,7 +179,7 @@ QWEN3 = Architecture(
     model_arch=gguf.MODEL_ARCH.QWEN3,
     hparams=_CORE,
     rules=_ROPE,
-    notes="Qwen3 dense (q/k norms)",
+    notes="q/k norms",
 )
 
 _GEMMA_NORMS = (("norm.weight", "norm_plus_one"),)
@@ -196,7 +196,7 @@ GEMMA2 = Architecture(
     rules=("rope_scaling", "rope_freq_base", "head_dim_lengths"),
     transforms=_GEMMA_NORMS,
     output_in_gguf=False,
-    notes="norms +1, soft-capping, sliding window, tied output",
+    notes="norms +1, post-attention/feed-forward norms, attention and final logit soft-capping, sliding window, tied output, SentencePiece without space prefix, `<end_of_turn>`",
 )
 
 GEMMA3 = Architecture(
@@ -208,7 +208,7 @@ GEMMA3 = Architecture(
     transforms=_GEMMA_NORMS,
     prefixes=(("model.language_model.", "model."), ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")),
     skipped=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
-    notes="text model (vision tower skipped), q/k norms, local/global layers",
+    notes="text model (a `Gemma3ForConditionalGeneration`'s vision tower is skipped), q/k norms, local/global layer pattern, two rope bases, `<end_of_turn>`",
 )
 
 PHI3 = Architecture(
@@ -220,7 +220,7 @@ PHI3 = Architecture(
     transforms=(("self_attn.qkv_proj.weight", "keep_fused"), ("mlp.gate_up_proj.weight", "keep_fused")),
     generated=("rope_factors",),
     rope_types=("", "default", "longrope", "su"),
-    notes="Phi-3, Phi-3.5 mini (fused qkv and gate/up, LongRoPE)",
+    notes="Phi-3 / 3.5: fused `qkv_proj` and `gate_up_proj` kept fused, LongRoPE factors (128k), sliding window, `<\\|end\\|>`",
 )
 
 FAMILIES: tuple[Architecture, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)

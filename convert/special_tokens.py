@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 from convert.json_file import load_json
 from convert.gguf_constants import Keys
 
-SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad")
-_ID_KEYS = {"bos": Keys.BOS_ID, "eos": Keys.EOS_ID, "unk": Keys.UNK_ID, "sep": Keys.SEP_ID, "pad": Keys.PAD_ID}
+SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad", "mask")  # mask: Gemma's <mask>, written by llama.cpp too
+_ID_KEYS = {"bos": Keys.BOS_ID, "eos": Keys.EOS_ID, "unk": Keys.UNK_ID, "sep": Keys.SEP_ID, "pad": Keys.PAD_ID, "mask": Keys.MASK_ID}
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 
 
@@ -42,7 +42,7 @@ def _read_optional(path: Path) -> dict[str, Any]:
 
 
 def special_token_ids(folder: Path, tokens: Sequence[str], config: Mapping[str, Any]) -> dict[str, int]:
-    """Ids of bos/eos/unk/sep/pad that exist in ``tokens`` (kind -> id)."""
+    """Ids of bos/eos/unk/sep/pad/mask that exist in ``tokens`` (kind -> id)."""
     index: dict[str, int] = {}
     for i, t in enumerate(tokens):
         index.setdefault(t, i)
