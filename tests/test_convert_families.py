@@ -316,3 +316,38 @@ def test_gemma2_one_pass_merge_matches_transformers_on_the_merged_weights(tiny_f
     max_abs, rel, same_top = _compare(ref, got)
     print(f"PARITY gemma2 merge f32 ({'via bf16' if via_bf16 else 'rounded once'}): max|dlogit| {max_abs:.2e} (relative {rel:.2e})")
     assert same_top.all() and max_abs < F32_ABS["gemma2"], max_abs
+
+
+def test_gemma3_multimodal_checkpoint_converts_as_its_language_model(tiny_family, f32, tmp_path):
+    """A Gemma3ForConditionalGeneration checkpoint holding the tiny Gemma 3's weights (and a tiny
+    SigLIP tower): the GGUF is the text model, tensor for tensor the Gemma3ForCausalLM's, the
+    vision tensors skipped with a notice, and its logits are the multimodal model's on text."""
+    from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration
+
+    from convert import write_ggufs
+
+    src = tiny_family("gemma3").cp
+    text = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    config = Gemma3Config(text_config=AutoConfig.from_pretrained(src).to_dict(), mm_tokens_per_image=4,
+                          vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=32, patch_size=8))
+    model = Gemma3ForConditionalGeneration(config).float().eval()
+    model.model.language_model.load_state_dict(text.model.state_dict())
+    folder = tmp_path / "gemma3-mm"
+    model.to(torch.bfloat16).save_pretrained(folder)
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    notices: list[str] = []
+    path = write_ggufs(folder, {"f32": tmp_path / "mm.gguf"}, on_warning=notices.append)["f32"]
+    assert any("vision tower" in n and "skipped" in n for n in notices), notices
+    ours = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    plain = {t.name: t for t in gguf.GGUFReader(f32("gemma3")).tensors}
+    assert ours.keys() == plain.keys()
+    assert all(np.asarray(ours[n].data).tobytes() == np.asarray(t.data).tobytes() for n, t in plain.items())
+    ids = _hf_tokenizer(src)(PROMPT).input_ids
+    reloaded = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()  # what was saved
+    with torch.no_grad():
+        ref = reloaded(input_ids=torch.tensor([ids])).logits[0].numpy()
+    max_abs, rel, same_top = _compare(ref, _gguf_logits(path, ids, f32_cache=True))
+    print(f"PARITY gemma3-multimodal f32: max|dlogit| {max_abs:.2e} (relative {rel:.2e})")
+    assert same_top.all() and max_abs < F32_ABS["gemma3"], max_abs
