@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import gguf
 
@@ -123,7 +124,7 @@ class Architecture:
         return "q" if "permute_q" in names else "k" if "permute_k" in names else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tensor_map(arch: gguf.MODEL_ARCH, blocks: int, excluded: tuple[gguf.MODEL_TENSOR, ...]) -> gguf.TensorNameMap:
     """llama.cpp's HF -> GGUF name map for ``arch``, without the tensors the family never has."""
     tmap = gguf.get_tensor_name_map(arch, blocks)
@@ -249,4 +250,4 @@ def supported_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Architecture", "HParam", "ARCHITECTURES", "FAMILIES", "architecture_of", "supported", "supported_table"]
+__all__ = ["ARCHITECTURES", "FAMILIES", "Architecture", "HParam", "architecture_of", "supported", "supported_table"]

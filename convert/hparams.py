@@ -14,20 +14,26 @@ RoPE settings come from ``rope_parameters`` (transformers 5) or ``rope_scaling``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import gguf
 
 from convert.architectures import Architecture
 from convert.errors import ConvertError
-from convert.transforms import head_dim, llama3_rope_freqs, rope_dimensions, rope_parameters
+from convert.transforms import (
+    head_dim,
+    llama3_rope_freqs,
+    rope_dimensions,
+    rope_parameters,
+)
 
 V = gguf.GGUFValueType
 KV = tuple[str, Any, gguf.GGUFValueType, "gguf.GGUFValueType | None"]
 Config = Mapping[str, Any]
 
-__all__ = ["gguf_hparams", "rope_parameters", "head_dim", "llama3_rope_freqs", "RULES"]
+__all__ = ["RULES", "gguf_hparams", "head_dim", "llama3_rope_freqs", "rope_parameters"]
 
 
 def _number(config: Config, keys: tuple[str, ...], required: bool, config_path: Path) -> Any:

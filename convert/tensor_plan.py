@@ -10,9 +10,9 @@ weight whose rows are not a multiple of 32 falls back to F16.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -22,7 +22,7 @@ from convert.gguf_constants import GGMLType
 from convert.quantize_q8 import QK8_0
 from convert.transforms import TENSOR_TRANSFORMS, permute_rotary, rotary_heads
 
-__all__ = ["PlannedTensor", "plan_tensors", "tensor_type", "permute_rotary", "rotary_heads"]
+__all__ = ["PlannedTensor", "permute_rotary", "plan_tensors", "rotary_heads", "tensor_type"]
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ what its loader reads (src/llama-model.cpp, src/models/*.cpp); no code is copied
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import gguf
 import torch

@@ -10,7 +10,8 @@ tables do not hold gets the tables' default names (``model.embed_tokens.weight``
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from convert.architectures import LLAMA, Architecture, architecture_of
 
