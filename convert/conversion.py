@@ -3,7 +3,7 @@
 ``prepare`` checks everything that can be wrong with the input before anything is written:
 config.json and the architecture, the tensor plan (names, shapes, the embedding against
 ``vocab_size``), the tokenizer. It decides every metadata key and tensor; ``write_direct`` then
-streams the tensors into the file one at a time (Q/K rows permuted where the architecture says,
+streams the tensors into the file one at a time (each through the named transforms its table lists,
 each tensor encoded in slabs). Nothing here reads a tensor twice or holds two at once.
 """
 from __future__ import annotations
@@ -17,17 +17,18 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
 from gguf import GGMLQuantizationType as GGMLType
 
-from convert.architectures import ARCHITECTURES, Architecture, supported
+from convert.architectures import Architecture, architecture_of, supported
 from convert.checkpoint import read_config
 from convert.errors import ConvertError
 from convert.finite import count_nonfinite
 from convert.gguf_keys import key_type
 from convert.gguf_stream import StreamingWriter
-from convert.hparams import gguf_hparams, llama3_rope_freqs
+from convert.hparams import gguf_hparams
 from convert.metadata import general_metadata
 from convert.quant_tables import OutType
 from convert.tensor_encoding import encode
-from convert.tensor_plan import PlannedTensor, permute_rotary, plan_tensors, rotary_heads
+from convert.tensor_plan import PlannedTensor, plan_tensors
+from convert.transforms import GENERATED, apply_transforms
 from convert.vocab import read_vocab
 
 SourcePlan = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
@@ -45,7 +46,7 @@ class Conversion:
     config: dict[str, Any]
     kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]
     tensors: list[PlannedTensor]
-    rope_freqs: torch.Tensor | None
+    generated: list[tuple[str, torch.Tensor]]  # tensors computed from config.json, written first
     warnings: list[str] = field(default_factory=list)
 
 
@@ -54,12 +55,13 @@ def load_config(folder: Path) -> tuple[dict[str, Any], Architecture]:
     config = read_config(folder)
     if isinstance(config.get("text_config"), dict):
         config = {**config, **config["text_config"]}
-    names = config.get("architectures") or []
-    name = names[0] if isinstance(names, list) and names else None
-    if name not in ARCHITECTURES:
+    arch = architecture_of(config)
+    if arch is None:
+        names = config.get("architectures") or []
+        name = names[0] if isinstance(names, list) and names else None
         shown = repr(name) if name else "not given"
         raise ConvertError(f"unsupported architecture ({shown})", folder / "config.json", f"Supported: {supported()}.")
-    return config, ARCHITECTURES[name]
+    return config, arch
 
 
 def lossless_type(source: SourcePlan) -> GGMLType:
@@ -72,12 +74,13 @@ def lossless_type(source: SourcePlan) -> GGMLType:
     return GGMLType.F32
 
 
-def planned(folder: Path, source: SourcePlan, weight_type: GGMLType) -> tuple[dict[str, Any], Architecture, list[PlannedTensor], torch.Tensor | None]:
-    """Config, architecture, the GGUF tensor plan and the generated rope_freqs (if any), without reading data."""
+def planned(folder: Path, source: SourcePlan, weight_type: GGMLType, notices: list[str] | None = None
+            ) -> tuple[dict[str, Any], Architecture, list[PlannedTensor], list[tuple[str, torch.Tensor]]]:
+    """Config, architecture, the GGUF tensor plan and the generated tensors, without reading data."""
     config, arch = load_config(folder)
-    rope_freqs = llama3_rope_freqs(config) if arch.llama3_rope_freqs else None
-    tensors = plan_tensors(arch, config, source, weight_type, where=folder, rope_freqs=rope_freqs)
-    return config, arch, tensors, rope_freqs
+    generated = [t for name in arch.generated for t in GENERATED[name].tensors(config)]
+    tensors = plan_tensors(arch, config, source, weight_type, where=folder, generated=generated, notices=notices)
+    return config, arch, tensors, generated
 
 
 def _n_params(tensors: Sequence[PlannedTensor]) -> int:
@@ -95,18 +98,19 @@ def prepare(folder: Path, source: SourcePlan, out_type: OutType, metadata: Mappi
     """Check the source and decide every key and tensor of a direct-type GGUF (no data read)."""
     if not out_type.direct or out_type.ggml_type is None:
         raise ValueError(f"{out_type.name} is not written directly")
-    config, arch, tensors, rope_freqs = planned(folder, source, out_type.ggml_type)
+    notices: list[str] = []
+    config, arch, tensors, generated = planned(folder, source, out_type.ggml_type, notices)
     n_vocab = next(t.shape[0] for t in tensors if t.gguf_name == "token_embd.weight")
     vocab = read_vocab(folder, config, n_vocab)
     general = general_keys(folder, config, tensors, metadata)
     kv: list[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]] = [(Keys.General.ARCHITECTURE, arch.gguf_arch, None, None)]
     kv += [(k, v, None, None) for k, v in general.items()]
-    warnings = list(vocab.warnings)
-    kv += [(k, v, None, None) for k, v in gguf_hparams(arch, config, folder / "config.json", warnings).items()]
+    warnings = notices + list(vocab.warnings)
+    kv += gguf_hparams(arch, config, folder / "config.json", warnings)
     kv += [(Keys.General.FILE_TYPE, out_type.ftype, None, None), (Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, None, None)]
     kv += vocab.metadata()
     kv += [(k, v, None, None) for k, v in (metadata or {}).items() if not k.startswith("general.")]
-    return Conversion(folder, arch, config, kv, tensors, rope_freqs, warnings)
+    return Conversion(folder, arch, config, kv, tensors, generated, warnings)
 
 
 def _add_kv(writer: StreamingWriter, arch: str, kv: Iterable[tuple[str, Any, GGUFValueType | None, GGUFValueType | None]]) -> None:
@@ -175,8 +179,8 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
         writer.write_header()
         pending = iter(t for t in conv.tensors if t.hf_name is not None)
         flagged: list[str] = []
-        if conv.rope_freqs is not None:
-            writer.write_tensor(conv.tensors[0].gguf_name, encode(conv.rope_freqs, GGMLType.F32))
+        for name, values in conv.generated:
+            writer.write_tensor(name, encode(values, GGMLType.F32))
         items = iter(stream)
         for hf_name, tensor in items:
             if conv.arch.gguf_name(hf_name) == "":
@@ -186,9 +190,10 @@ def write_direct(conv: Conversion, path: Path, stream: Iterable[tuple[str, torch
                 raise RuntimeError(f"tensor stream out of order: got {hf_name!r}, expected {planned.hf_name if planned else None!r}")
             pieces = _row_pieces(hf_name, tensor, items, planned.shape)
             del tensor
-            if planned.permute:  # the rotary permutation needs the whole tensor (a Q/K projection: small)
+            if any(name != "keep_fused" for name in planned.transforms):
+                # the named transforms see the whole tensor (Q/K projections, norms: small ones)
                 whole = torch.cat(list(pieces)) if planned.shape else next(pieces)
-                pieces = iter([permute_rotary(whole, rotary_heads(planned.permute, conv.config, conv.folder))])
+                pieces = iter([apply_transforms(planned.transforms, whole, conv.config)])
                 del whole
             counts = [0, 0]  # NaN/Inf, elements
 

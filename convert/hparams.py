@@ -1,55 +1,42 @@
-"""Hyper-parameter metadata from config.json, and the llama3 ``rope_freqs`` tensor.
+"""Hyper-parameter metadata from config.json: the table's keys, then its named rules.
 
-The keys, their types and when they are written follow llama.cpp's converter and loader:
-block count, context length, embedding and feed-forward lengths, head counts, RMS epsilon, key
-and value lengths when config.json names ``head_dim``, rope base and scaling; for llama.cpp's
-``llama`` architecture also ``vocab_size`` and ``rope.dimension_count``.
+A family's table lists plain keys (``HParam``: a GGUF key, the config.json keys tried in order,
+the value type llama.cpp reads) and, by name, the derived ones from ``RULES`` below (rope
+scaling, the local rope base, the sliding-window layer pattern, LongRoPE...). This module knows
+no family: which rules apply is the table's business. Keys, types and when they are written
+follow llama.cpp's converter and what its loader reads.
 
 RoPE settings come from ``rope_parameters`` (transformers 5) or ``rope_scaling`` plus
 ``rope_theta`` (the Hub layout). ``linear`` and ``yarn`` scaling become ``rope.scaling.*`` keys;
-``llama3`` scaling has no key in llama.cpp: it is a per-frequency factor table stored as the
-``rope_freqs.weight`` tensor, computed here exactly as llama.cpp's converter does (float32 torch
-arithmetic, same expressions) so that the bytes match.
+``llama3`` scaling has no key in llama.cpp: it is the generated ``rope_freqs`` tensor
+(``convert.transforms.llama3_rope_freqs``).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
-from gguf import Keys
+import gguf
 
 from convert.architectures import Architecture
 from convert.errors import ConvertError
-from convert.gguf_keys import key_type
+from convert.transforms import (
+    head_dim,
+    llama3_rope_freqs,
+    rope_dimensions,
+    rope_parameters,
+)
+
+V = gguf.GGUFValueType
+KV = tuple[str, Any, gguf.GGUFValueType, "gguf.GGUFValueType | None"]
+Config = Mapping[str, Any]
+
+__all__ = ["RULES", "gguf_hparams", "head_dim", "llama3_rope_freqs", "rope_parameters"]
 
 
-def rope_parameters(config: Mapping[str, Any]) -> dict[str, Any]:
-    """RoPE settings merged from either config layout: rope_theta, rope_type and scaling fields."""
-    raw = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if not isinstance(raw, Mapping):
-        raw = {}
-    if "full_attention" in raw and isinstance(raw["full_attention"], Mapping):
-        raw = raw["full_attention"]
-    params = dict(raw)
-    if "rope_theta" not in params and config.get("rope_theta") is not None:
-        params["rope_theta"] = config["rope_theta"]
-    if "rope_type" not in params and params.get("type") is not None:
-        params["rope_type"] = params["type"]
-    if "original_max_position_embeddings" not in params and config.get("original_max_position_embeddings") is not None:
-        params["original_max_position_embeddings"] = config["original_max_position_embeddings"]
-    return params
-
-
-def head_dim(config: Mapping[str, Any]) -> int:
-    """Per-head size: ``head_dim`` when given, else hidden_size / num_attention_heads."""
-    if config.get("head_dim") is not None:
-        return int(config["head_dim"])
-    return int(config["hidden_size"]) // int(config["num_attention_heads"])
-
-
-def _number(config: Mapping[str, Any], keys: tuple[str, ...], required: bool, config_path: Path) -> Any:
+def _number(config: Config, keys: tuple[str, ...], required: bool, config_path: Path) -> Any:
     for key in keys:
         value = config.get(key)
         if value is not None:
@@ -61,83 +48,154 @@ def _number(config: Mapping[str, Any], keys: tuple[str, ...], required: bool, co
     return None
 
 
-def gguf_hparams(arch: Architecture, config: Mapping[str, Any], config_path: Path, warnings: list[str] | None = None) -> dict[str, Any]:
-    """The ``{arch}.*`` metadata for ``config``: GGUF key -> value (types from KEY_TYPES).
+class _Out:
+    """Keys being collected for one file: ``put`` formats the ``{arch}`` template and fixes the type."""
 
-    Settings llama.cpp cannot represent but that only matter beyond the trained context (dynamic
-    NTK rope scaling, Mistral's sliding window) are appended to ``warnings`` instead of failing.
-    """
-    warnings = warnings if warnings is not None else []
-    name = arch.gguf_arch
-    out: dict[str, Any] = {}
-    for key, sources, required in arch.hparams:
-        value = _number(config, sources, required, config_path)
-        if value is not None:
-            vtype = key_type(key.format(arch=name), name)
-            out[key.format(arch=name)] = float(value) if vtype is not None and vtype.name.startswith("FLOAT") else int(value)
+    def __init__(self, arch: Architecture) -> None:
+        self.arch = arch
+        self.kv: dict[str, KV] = {}
 
+    def put(self, template: str, value: Any, vtype: gguf.GGUFValueType, elem: gguf.GGUFValueType | None = None) -> None:
+        key = template.format(arch=self.arch.gguf_arch)
+        if vtype == V.FLOAT32:
+            value = float(value)
+        elif vtype in (V.UINT32, V.INT32, V.UINT64):
+            value = int(value)
+        self.kv[key] = (key, value, vtype, elem)
+
+
+Rule = Callable[[_Out, Config, Path, list[str]], None]
+R = gguf.Keys.Rope
+
+
+def _rope_scaling(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """linear / yarn scaling as keys; llama3 and LongRoPE are tensors (see the table's generated)."""
     rope = rope_parameters(config)
     rope_type = str(rope.get("rope_type") or "").lower()
     factor = rope.get("factor")
+    if rope_type not in out.arch.rope_types:
+        supported = ", ".join(t for t in out.arch.rope_types if t not in ("", "default"))
+        raise ConvertError(f"rope scaling type {rope_type!r} is not supported for {out.arch.family}", path,
+                           f"Supported: {supported or 'none'}.")
     if rope_type == "linear" and factor is not None:
-        out[Keys.Rope.SCALING_TYPE.format(arch=name)] = "linear"
-        out[Keys.Rope.SCALING_FACTOR.format(arch=name)] = float(factor)
+        out.put(R.SCALING_TYPE, "linear", V.STRING)
+        out.put(R.SCALING_FACTOR, factor, V.FLOAT32)
     elif rope_type == "yarn" and factor is not None:
-        out[Keys.Rope.SCALING_TYPE.format(arch=name)] = "yarn"
-        out[Keys.Rope.SCALING_FACTOR.format(arch=name)] = float(factor)
+        out.put(R.SCALING_TYPE, "yarn", V.STRING)
+        out.put(R.SCALING_FACTOR, factor, V.FLOAT32)
         orig = rope.get("original_max_position_embeddings")
         if orig is None:
-            raise ConvertError("yarn rope scaling without original_max_position_embeddings", config_path, "Add it to the rope settings in config.json.")
-        out[Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=name)] = int(orig)
-        for field, key in (("extrapolation_factor", Keys.Rope.SCALING_YARN_EXT_FACTOR), ("beta_fast", Keys.Rope.SCALING_YARN_BETA_FAST), ("beta_slow", Keys.Rope.SCALING_YARN_BETA_SLOW)):
-            if rope.get(field) is not None:
-                out[key.format(arch=name)] = float(rope[field])
+            raise ConvertError("yarn rope scaling without original_max_position_embeddings", path, "Add it to the rope settings in config.json.")
+        out.put(R.SCALING_ORIG_CTX_LEN, orig, V.UINT32)
+        for name, key in (("extrapolation_factor", R.SCALING_YARN_EXT_FACTOR), ("beta_fast", R.SCALING_YARN_BETA_FAST), ("beta_slow", R.SCALING_YARN_BETA_SLOW)):
+            if rope.get(name) is not None:
+                out.put(key, rope[name], V.FLOAT32)
         attn = rope.get("attention_factor", rope.get("attn_factor"))
         if attn is not None:
-            out[Keys.Rope.SCALING_YARN_ATTN_FACTOR.format(arch=name)] = float(attn)
-    elif rope_type == "llama3" and not arch.llama3_rope_freqs:
-        raise ConvertError(f"llama3 rope scaling is not supported for {arch.family}", config_path, "Remove it from config.json or use a supported model.")
+            out.put(R.SCALING_YARN_ATTN_FACTOR, attn, V.FLOAT32)
     elif rope_type == "dynamic":
-        warnings.append(f"{config_path}: dynamic rope scaling has no llama.cpp equivalent; contexts beyond max_position_embeddings will differ")
-    elif rope_type not in ("", "default", "llama3"):
-        raise ConvertError(f"rope scaling type {rope_type!r} is not supported", config_path, "Supported: linear, yarn, llama3 (and dynamic, ignored).")
-    if rope.get("rope_theta") is not None:
-        out[Keys.Rope.FREQ_BASE.format(arch=name)] = float(rope["rope_theta"])
+        warnings.append(f"{path}: dynamic rope scaling has no llama.cpp equivalent; contexts beyond max_position_embeddings will differ")
+
+
+def _rope_freq_base(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """The rope base (of the full-attention layers, where there are two)."""
+    theta = rope_parameters(config).get("rope_theta")
+    if theta is not None:
+        out.put(R.FREQ_BASE, theta, V.FLOAT32)
+
+
+def _rope_freq_base_swa(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """The local (sliding-window) layers' rope base, when it differs by layer type."""
+    raw = config.get("rope_parameters")
+    local = raw.get("sliding_attention") if isinstance(raw, Mapping) else None
+    theta = local.get("rope_theta") if isinstance(local, Mapping) else config.get("rope_local_base_freq")
+    if theta is not None:
+        out.put(R.FREQ_BASE_SWA, theta, V.FLOAT32)
+
+
+def _sliding_window_notice(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """Families whose llama.cpp loader has no sliding window: say so when it matters."""
     window = config.get("sliding_window")
     uses_window = config.get("use_sliding_window", True)
     if isinstance(window, int) and uses_window and window < int(config.get("max_position_embeddings") or 0):
-        warnings.append(f"{config_path}: llama.cpp runs {arch.family} without its {window}-token sliding window; prompts longer than that attend to all tokens")
+        warnings.append(f"{path}: llama.cpp runs {out.arch.family} without its {window}-token sliding window; prompts longer than that attend to all tokens")
 
+
+def _layer_pattern(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """The sliding window and which layers use it (``layer_types``), as a per-layer bool array."""
+    window = _number(config, ("sliding_window",), False, path)
+    types = config.get("layer_types")
+    if window is None or config.get("sliding_window_pattern") == 1:
+        return
+    out.put(gguf.Keys.Attention.SLIDING_WINDOW, window, V.UINT32)
+    if isinstance(types, list) and types:
+        out.put(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN, [t == "sliding_attention" for t in types], V.ARRAY, V.BOOL)
+    elif isinstance(config.get("sliding_window_pattern"), int):
+        out.put(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN, config["sliding_window_pattern"], V.UINT32)
+
+
+def _head_dim_lengths(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
     if config.get("head_dim") is not None:
-        out[Keys.Attention.KEY_LENGTH.format(arch=name)] = int(config["head_dim"])
-        out[Keys.Attention.VALUE_LENGTH.format(arch=name)] = int(config["head_dim"])
-    if arch.writes_vocab_size:
-        out[Keys.LLM.VOCAB_SIZE.format(arch=name)] = int(_number(config, ("vocab_size",), True, config_path))
-    if arch.writes_rope_dimension:
-        out[Keys.Rope.DIMENSION_COUNT.format(arch=name)] = head_dim(config)
-    return out
+        out.put(gguf.Keys.Attention.KEY_LENGTH, config["head_dim"], V.UINT32)
+        out.put(gguf.Keys.Attention.VALUE_LENGTH, config["head_dim"], V.UINT32)
 
 
-def llama3_rope_freqs(config: Mapping[str, Any]) -> torch.Tensor | None:
-    """The ``rope_freqs.weight`` factors for llama3 rope scaling, or None when not used.
+def _vocab_size(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    out.put(gguf.Keys.LLM.VOCAB_SIZE, _number(config, ("vocab_size",), True, path), V.UINT32)
 
-    For each rotary frequency: wavelengths shorter than ``original / high_freq_factor`` keep
-    factor 1, longer than ``original / low_freq_factor`` get ``factor``, and those between are
-    smoothly interpolated. Computed in float32 with the same expressions as llama.cpp.
-    """
+
+def _rope_dimension_count(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """Rotated dimensions per head: the head size, or its ``partial_rotary_factor`` share."""
+    partial = config.get("partial_rotary_factor") or rope_parameters(config).get("partial_rotary_factor")
+    out.put(R.DIMENSION_COUNT, rope_dimensions(config) if partial else head_dim(config), V.UINT32)
+
+
+def _longrope(out: _Out, config: Config, path: Path, warnings: list[str]) -> None:
+    """LongRoPE (Phi-3 128k): the original context, and the attention factor llama.cpp's converter
+    derives from the context ratio (sqrt(1 + ln s / ln n_orig), s = context / original)."""
     rope = rope_parameters(config)
-    if str(rope.get("rope_type") or "").lower() != "llama3":
-        return None
-    base = rope.get("rope_theta", 10000.0)
-    dim = head_dim(config)
-    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    factor = rope.get("factor", 8.0)
-    low_freq_factor = rope.get("low_freq_factor", 1.0)
-    high_freq_factor = rope.get("high_freq_factor", 4.0)
-    old_context_len = rope.get("original_max_position_embeddings", 8192)
-    wavelen = 2 * math.pi / freqs
-    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    between = 1 / ((1 - smooth) / factor + smooth)
-    longer = torch.full_like(wavelen, float(factor))
-    factors = torch.where(wavelen > old_context_len / low_freq_factor, longer, between)
-    return torch.where(wavelen < old_context_len / high_freq_factor, torch.ones_like(wavelen), factors).to(torch.float32)
+    orig = rope.get("original_max_position_embeddings")
+    if orig is None:
+        return
+    out.put(R.SCALING_ORIG_CTX_LEN, orig, V.UINT32)
+    if not rope.get("long_factor"):
+        return
+    scale = int(config["max_position_embeddings"]) / int(orig)
+    rope_type = str(rope.get("rope_type") or "").lower()
+    if rope_type == "yarn":
+        attn = 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+    else:
+        attn = math.sqrt(1 + math.log(scale) / math.log(int(orig))) if scale > 1.0 else 1.0
+    out.put(R.SCALING_ATTN_FACTOR, attn, V.FLOAT32)
+
+
+RULES: dict[str, Rule] = {
+    "rope_scaling": _rope_scaling,
+    "rope_freq_base": _rope_freq_base,
+    "rope_freq_base_swa": _rope_freq_base_swa,
+    "sliding_window_notice": _sliding_window_notice,
+    "sliding_window_layers": _layer_pattern,
+    "head_dim_lengths": _head_dim_lengths,
+    "vocab_size": _vocab_size,
+    "rope_dimension_count": _rope_dimension_count,
+    "longrope": _longrope,
+}
+
+
+def gguf_hparams(arch: Architecture, config: Config, config_path: Path, warnings: list[str] | None = None) -> list[KV]:
+    """The ``{arch}.*`` metadata for ``config``: (key, value, value type, element type) in order.
+
+    Settings llama.cpp cannot represent but that only matter beyond the trained context (dynamic
+    NTK rope scaling, a sliding window the loader ignores) are appended to ``warnings``.
+    """
+    warnings = warnings if warnings is not None else []
+    out = _Out(arch)
+    for spec in arch.hparams:
+        value = _number(config, spec.sources, spec.required, config_path)
+        if value is None:
+            value = spec.default
+        if value is not None:
+            out.put(spec.key, value, spec.vtype)
+    for name in arch.rules:
+        RULES[name](out, config, config_path, warnings)
+    return list(out.kv.values())

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from convert.tokenizer_facts import TokenizerFacts
 
 _ID_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk": Keys.Tokenizer.UNK_ID,
-            "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID}
+            "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID,
+            "mask": Keys.Tokenizer.MASK_ID}  # mask: Gemma's <mask>, written by llama.cpp too
 
 
 def _hf_tokenizer(facts: TokenizerFacts) -> Any:

@@ -10,19 +10,20 @@ weight whose rows are not a multiple of 32 falls back to F16.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
-from gguf import GGML_QUANT_SIZES, MODEL_TENSOR, TENSOR_NAMES
+
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as GGMLType
 
 from convert.architectures import Architecture, supported
 from convert.errors import ConvertError
+from convert.transforms import TENSOR_TRANSFORMS, permute_rotary, rotary_heads
 
-ROPE_FREQS = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
-EMBEDDING = "model.embed_tokens.weight"
+__all__ = ["PlannedTensor", "permute_rotary", "plan_tensors", "rotary_heads", "tensor_type"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,16 @@ class PlannedTensor:
     """One GGUF tensor: its name, where its data comes from, its shape (HF order) and type."""
 
     gguf_name: str
-    hf_name: str | None            # None for a generated tensor (rope_freqs)
+    hf_name: str | None            # None for a generated tensor (rope_freqs, rope_factors_*)
     shape: tuple[int, ...]
     ggml_type: GGMLType
-    permute: str | None = None     # "q" / "k": rotary row permutation before encoding
+    transforms: tuple[str, ...] = ()  # named transforms (convert.transforms) before encoding
     source_nbytes: int = 0         # bytes of the HF tensor (for progress)
+
+    @property
+    def permute(self) -> str | None:
+        """"q" / "k" when the rows are permuted to GGML's rotary layout."""
+        return "q" if "permute_q" in self.transforms else "k" if "permute_k" in self.transforms else None
 
 
 def tensor_type(gguf_name: str, shape: tuple[int, ...], weight_type: GGMLType) -> GGMLType:
@@ -57,20 +63,23 @@ def plan_tensors(
     weight_type: GGMLType,
     *,
     where: Path,
-    rope_freqs: torch.Tensor | None = None,
+    generated: list[tuple[str, torch.Tensor]] | None = None,
+    notices: list[str] | None = None,
 ) -> list[PlannedTensor]:
     """The GGUF tensors for HF tensors ``source`` (name -> dtype, shape), in data order.
 
-    ``where`` names the checkpoint in error messages. A generated ``rope_freqs`` comes first,
-    then the HF tensors in the order given (which is the order they will be streamed).
+    ``where`` names the checkpoint in error messages. Generated tensors (``rope_freqs``,
+    ``rope_factors_*``) come first, then the HF tensors in the order given (which is the order
+    they will be streamed). Tensors of another tower (a vision encoder) are left out and counted
+    in one line appended to ``notices``.
     """
-    plan: list[PlannedTensor] = []
-    if rope_freqs is not None:
-        plan.append(PlannedTensor(ROPE_FREQS, None, tuple(rope_freqs.shape), GGMLType.F32))
+    plan: list[PlannedTensor] = [PlannedTensor(name, None, tuple(t.shape), GGMLType.F32) for name, t in generated or []]
     unknown: list[str] = []
+    skipped = 0
     for hf_name, (dtype, shape) in source.items():
         gguf_name = arch.gguf_name(hf_name)
         if gguf_name == "":
+            skipped += arch.is_skipped(hf_name)
             continue
         if gguf_name is None:
             unknown.append(hf_name)
@@ -83,33 +92,36 @@ def plan_tensors(
             n *= d
         plan.append(PlannedTensor(
             gguf_name, hf_name, shape, tensor_type(gguf_name, shape, weight_type),
-            arch.permutation(hf_name), n * _element_size(dtype),
+            arch.transforms_of(hf_name), n * _element_size(dtype),
         ))
     if unknown:
         raise ConvertError(
             f"{len(unknown)} tensors are not part of a {arch.family} model (first: {unknown[0]!r})", where,
             f"Convert a plain causal-LM checkpoint of a supported architecture ({supported()}).",
         )
-    _check_shapes(plan, config, where)
+    if skipped and notices is not None:
+        notices.append(f"{where}: {skipped} tensors of the vision tower and projector skipped (the GGUF is the text model)")
+    _check_shapes(plan, arch, config, where)
     return plan
 
 
-def _check_shapes(plan: list[PlannedTensor], config: Mapping[str, object], where: Path) -> None:
+def _check_shapes(plan: list[PlannedTensor], arch: Architecture, config: Mapping[str, object], where: Path) -> None:
     by_name = {t.gguf_name: t for t in plan}
     embd = by_name.get("token_embd.weight")
     if embd is None:
-        raise ConvertError(f"no {EMBEDDING}", where, "The checkpoint is incomplete; re-download it.")
+        raise ConvertError(f"no {arch.embedding}", where, "The checkpoint is incomplete; re-download it.")
     vocab = config.get("vocab_size")
     if isinstance(vocab, int) and embd.shape[0] != vocab:
         raise ConvertError(
-            f"config.json says vocab_size {vocab} but {EMBEDDING} has {embd.shape[0]} rows", where,
+            f"config.json says vocab_size {vocab} but {arch.embedding} has {embd.shape[0]} rows", where,
             "Set vocab_size in config.json to the embedding's row count.",
         )
     out = by_name.get("output.weight")
     if out is not None and out.shape != embd.shape:
-        raise ConvertError(f"lm_head.weight is {list(out.shape)} but {EMBEDDING} is {list(embd.shape)}", where, "Resize both to the same vocabulary.")
+        raise ConvertError(f"{arch.output} is {list(out.shape)} but {arch.embedding} is {list(embd.shape)}", where, "Resize both to the same vocabulary.")
     layers = config.get("num_hidden_layers")
-    if isinstance(layers, int) and f"blk.{layers - 1}.attn_q.weight" not in by_name:
+    last = f"blk.{layers - 1 if isinstance(layers, int) else 0}."
+    if isinstance(layers, int) and not any(name.startswith(last) and "attn_" in name for name in by_name):
         raise ConvertError(f"config.json says {layers} layers but the weights of layer {layers - 1} are missing", where, "Re-download the checkpoint.")
     for t in plan:
         if t.permute:
@@ -119,26 +131,4 @@ def _check_shapes(plan: list[PlannedTensor], config: Mapping[str, object], where
                     f"{t.hf_name} has {t.shape[0]} rows, which {heads} heads cannot split into rotary halves", where,
                     "Fix num_attention_heads / num_key_value_heads in config.json.",
                 )
-
-
-def rotary_heads(which: str, config: Mapping[str, object], where: Path) -> int:
-    """Heads of a permuted tensor: num_attention_heads for Q, num_key_value_heads for K."""
-    n_head = config.get("num_attention_heads")
-    n_kv = config.get("num_key_value_heads") or n_head
-    heads = n_head if which == "q" else n_kv
-    if not isinstance(heads, int) or heads <= 0:
-        raise ConvertError("missing num_attention_heads", where / "config.json", "Add it to config.json.")
-    return heads
-
-
-def permute_rotary(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Reorder Q/K rows from HF's rotary halves to GGML's interleaved pairs.
-
-    Within each head HF keeps the rotated dimensions as [x_0 .. x_{d/2-1}, y_0 .. y_{d/2-1}];
-    llama.cpp's ``llama`` rope expects [x_0, y_0, x_1, y_1, ...]. Viewing the head's rows as a
-    (2, d/2) grid and transposing it does exactly that.
-    """
-    rows = tensor.shape[0]
-    head = rows // n_heads
-    rest = tensor.shape[1:]
-    return tensor.reshape(n_heads, 2, head // 2, *rest).transpose(1, 2).reshape(rows, *rest).contiguous()
+    assert all(n in TENSOR_TRANSFORMS for t in plan for n in t.transforms)

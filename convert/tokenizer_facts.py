@@ -29,7 +29,7 @@ from convert.errors import ConvertError
 from convert.json_file import JsonObject, load_json
 from convert.tokenizer_files import check_tokenizer_files
 
-SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad")
+SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad", "mask")  # mask: Gemma's <mask>, which llama.cpp records too
 # End-of-turn markers of the chat families supported, in the order they are looked for.
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 ADDITIONAL_DIR = "additional_chat_templates"

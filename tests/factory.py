@@ -47,6 +47,10 @@ import torch
 from tests.corpus import CORPUS, EXTENSION_WORDS
 
 KINDS = ("llama2", "llama3", "mistral", "qwen2", "qwen3")
+# Families added with issue 15; built only by their own tests (not part of every KINDS parametrization).
+NEW_KINDS = ("gemma2", "gemma3", "phi3")
+ALL_KINDS = KINDS + NEW_KINDS
+SLIDING_WINDOW = 32  # shorter than the parity prompt, so the local layers' window matters
 
 HIDDEN = 256
 LAYERS = 2
@@ -491,6 +495,132 @@ def _write_bpe(kind: str, out_dir: Path, *, extended: bool, chat: bool) -> _Voca
     return _Vocab(size=size, ids=ids)
 
 
+# --------------------------------------------------------------------------- Gemma 2/3 and Phi-3 (SentencePiece)
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    r"{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    r"{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    r"{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    r"{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    r"{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    r"{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+# Gemma's control pieces at the front of tokenizer.model (as in the real one: pad, eos, bos, unk),
+# its turn markers as user-defined pieces inside it.
+GEMMA_SPECIALS = ((0, "<pad>"), (1, "<eos>"), (2, "<bos>"), (3, "<unk>"), (4, "<mask>"), (5, "<start_of_turn>"), (6, "<end_of_turn>"))
+# Phi-3's added tokens after the SentencePiece vocabulary, in their real order (32000...).
+PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+              "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>")
+PHI3_VOCAB = 1024  # embedding rows: the tokenizer's 1011 padded, as Phi-3's 32064 pads 32011
+PHI3_HEAD_DIM = HIDDEN // HEADS
+
+
+@functools.lru_cache(maxsize=None)
+def _gemma_spm_model() -> bytes:
+    """A SentencePiece model trained like Gemma's: BPE, byte fallback, no dummy prefix, digits split."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus_lines()), model_writer=buffer, model_type="bpe", vocab_size=SPM_VOCAB,
+        byte_fallback=True, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True, max_sentencepiece_length=16,
+        character_coverage=0.9995, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        control_symbols=["<mask>"], user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], num_threads=1, minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+def _new_spm_config(kind: str, *, chat: bool) -> dict:
+    if kind == "phi3":
+        decoder = {str(i): _added_token(t, True) for i, t in _spm_specials("llama2")}
+        decoder.update({str(SPM_VOCAB + i): _added_token(t, True) for i, t in enumerate(PHI3_ADDED)})
+        config = {
+            "add_bos_token": False, "add_eos_token": False, "added_tokens_decoder": decoder, "bos_token": "<s>",
+            "clean_up_tokenization_spaces": False, "eos_token": "<|endoftext|>", "legacy": False,
+            "pad_token": "<|endoftext|>", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+            "model_max_length": 131072,
+        }
+        if chat:
+            config["chat_template"] = PHI3_TEMPLATE
+        return config
+    config = {
+        "add_bos_token": True, "add_eos_token": False,
+        "added_tokens_decoder": {str(i): _added_token(t, True) for i, t in GEMMA_SPECIALS},
+        "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"], "bos_token": "<bos>",
+        "clean_up_tokenization_spaces": False, "eos_token": "<eos>", "mask_token": "<mask>", "pad_token": "<pad>", "sp_model_kwargs": {},
+        "spaces_between_special_tokens": False, "tokenizer_class": "GemmaTokenizer", "unk_token": "<unk>",
+    }
+    if chat:
+        config["chat_template"] = GEMMA_TEMPLATE
+    return config
+
+
+@functools.lru_cache(maxsize=None)
+def _new_spm_tokenizer_json(kind: str) -> str:
+    """tokenizer.json as transformers converts the tokenizer.model (the Hub repos ship both)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "tokenizer.model").write_bytes(_gemma_spm_model() if kind != "phi3" else _spm_model("llama2", False))
+        Path(tmp, "tokenizer_config.json").write_text(json.dumps(_new_spm_config(kind, chat=False)))
+        return AutoTokenizer.from_pretrained(tmp).backend_tokenizer.to_str()
+
+
+def _write_new_spm(kind: str, out_dir: Path, *, chat: bool) -> _Vocab:
+    model = _gemma_spm_model() if kind != "phi3" else _spm_model("llama2", False)
+    (out_dir / "tokenizer.model").write_bytes(model)
+    (out_dir / "tokenizer.json").write_text(_new_spm_tokenizer_json(kind), encoding="utf-8")
+    _write_json(out_dir / "tokenizer_config.json", _new_spm_config(kind, chat=chat))
+    if kind == "phi3":
+        ids = {t: i for i, t in _spm_specials("llama2")} | {t: SPM_VOCAB + i for i, t in enumerate(PHI3_ADDED)}
+        _write_json(out_dir / "added_tokens.json", {t: SPM_VOCAB + i for i, t in enumerate(PHI3_ADDED)})
+        return _Vocab(size=PHI3_VOCAB, ids=ids)
+    return _Vocab(size=SPM_VOCAB, ids={t: i for i, t in GEMMA_SPECIALS})
+
+
+def _new_model_config(kind: str, vocab: _Vocab, common: dict, *, chat: bool):
+    """Gemma 2 (soft-capping, alternating local/global layers), Gemma 3 (q/k norms, two rope bases),
+    Phi-3 128k (LongRoPE, GQA) at the tiny sizes of the other families."""
+    from transformers import Gemma2Config, Gemma3TextConfig, Phi3Config
+
+    ids = vocab.ids
+    if kind == "phi3":
+        common = {k: v for k, v in common.items() if k != "head_dim"}
+        gen = torch.Generator().manual_seed(3)
+        pairs = PHI3_HEAD_DIM // 2
+        rope = {
+            "rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": [round(float(x), 4) for x in 1.0 + 2.0 * torch.rand(pairs, generator=gen)],
+            "long_factor": [round(float(x), 4) for x in 1.0 + 8.0 * torch.rand(pairs, generator=gen)],
+            "original_max_position_embeddings": 4096,
+        }
+        common["max_position_embeddings"] = 131072
+        return Phi3Config(**common, rms_norm_eps=1e-5, rope_parameters=rope, original_max_position_embeddings=4096,
+                          sliding_window=2047, tie_word_embeddings=False, bos_token_id=ids["<s>"],
+                          eos_token_id=ids["<|end|>" if chat else "<|endoftext|>"], pad_token_id=ids["<|endoftext|>"])
+    common = {k: v for k, v in common.items() if k != "hidden_act"}
+    shared = dict(
+        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, query_pre_attn_scalar=HEAD_DIM, sliding_window=SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+        bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"],
+    )
+    if kind == "gemma2":
+        return Gemma2Config(**common, **shared, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}
+    return Gemma3TextConfig(**common, **shared, rope_parameters=rope)
+
+
 # --------------------------------------------------------------------------- public tokenizer API
 
 
@@ -510,8 +640,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(ALL_KINDS)}")
 
 
 def _write_tokenizer(kind: str, out_dir: Path, *, extended: bool, chat: bool) -> _Vocab:
@@ -519,6 +649,10 @@ def _write_tokenizer(kind: str, out_dir: Path, *, extended: bool, chat: bool) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind in ("llama2", "mistral"):
         return _write_spm(kind, out_dir, extended=extended, chat=chat)
+    if kind in NEW_KINDS:
+        if extended:
+            raise ValueError(f"{kind}: no extended-vocabulary variant")
+        return _write_new_spm(kind, out_dir, chat=chat)
     return _write_bpe(kind, out_dir, extended=extended, chat=chat)
 
 
@@ -562,6 +696,9 @@ def _model_class(kind: str):
         "mistral": "MistralForCausalLM",
         "qwen2": "Qwen2ForCausalLM",
         "qwen3": "Qwen3ForCausalLM",
+        "gemma2": "Gemma2ForCausalLM",
+        "gemma3": "Gemma3ForCausalLM",
+        "phi3": "Phi3ForCausalLM",
     }[kind]
     return getattr(transformers, name)
 
@@ -582,6 +719,8 @@ def _model_config(kind: str, vocab: _Vocab, *, chat: bool):
         hidden_act="silu",
     )
     ids = vocab.ids
+    if kind in NEW_KINDS:
+        return _new_model_config(kind, vocab, common, chat=chat)
     if kind == "llama2":
         return LlamaConfig(**common, rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2)
     if kind == "mistral":
@@ -624,6 +763,10 @@ def _generation_config(kind: str, vocab: _Vocab, *, chat: bool):
     from transformers import GenerationConfig
 
     ids = vocab.ids
+    if kind in NEW_KINDS:
+        eos, eot = (ids["<eos>"], ids["<end_of_turn>"]) if kind != "phi3" else (ids["<|endoftext|>"], ids["<|end|>"])
+        bos = ids["<bos>"] if kind != "phi3" else ids["<s>"]
+        return GenerationConfig(bos_token_id=bos, eos_token_id=[eos, eot] if chat else eos, pad_token_id=ids.get("<pad>", eos))
     if kind in ("llama2", "mistral"):
         return GenerationConfig(bos_token_id=1, eos_token_id=2)
     if kind == "llama3":
@@ -708,6 +851,8 @@ def make_family(
     base and chat do not depend on ``extended``.
     """
     _check_kind(kind)
+    if kind in NEW_KINDS:
+        config_style = "v5"  # transformers 5's layout (Gemma 3's per-layer-type rope settings have no older form)
     if config_style not in ("hub", "v5"):
         raise ValueError(f"config_style must be 'hub' or 'v5', not {config_style!r}")
     root = Path(root)

@@ -58,7 +58,7 @@ def cp_mismatches(cp: Checkpoint, source: DeltaSource, index: int) -> list[str]:
         a, b = cp.shape(n), source.shape(n)
         if a == b:
             continue
-        if is_vocab_tensor(n) and len(a) == len(b) and a[1:] == b[1:]:
+        if is_vocab_tensor(n, cp.config) and len(a) == len(b) and a[1:] == b[1:]:
             continue  # a different vocabulary: --embeddings decides
         out.append(f"{n}: CP {list(a)} vs {label} {list(b)}")
     if source.base is not None and source.chat is not None:

@@ -47,7 +47,7 @@ def _write_special_rows(chat: Checkpoint, source: DeltaSource, template: str | N
     plan: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for kind, test in (("embed", is_embedding), ("lm_head", is_lm_head)):
-        name = next((n for n in chat.names() if test(n)), None)
+        name = next((n for n in chat.names() if test(n, chat.config)), None)
         if name is None:
             continue
         rows = chat.rows(name)

@@ -92,7 +92,7 @@ def _decide_embeddings(plan: MergePlan, mode: str, cp_table: tk.TokenTable) -> N
     """Per vocab tensor: add (same rows), overlap (shared leading rows, checked) or skip."""
     if mode not in EMBEDDING_MODES:
         raise UsageError(f"unknown --embeddings {mode!r}", fix="Use auto, add, overlap or skip.")
-    for name in (n for n in plan.cp.names() if is_vocab_tensor(n)):
+    for name in (n for n in plan.cp.names() if is_vocab_tensor(n, plan.cp.config)):
         cp_rows = plan.cp.rows(name)
         src_rows = [s.shape(name)[0] for s in plan.sources]
         same = all(r == cp_rows for r in src_rows)
@@ -130,11 +130,11 @@ def _decide_special_tokens(plan: MergePlan, spec: str) -> None:
     else:
         pairs = []
         for cp_id, chat_id in tk.parse_manual_map(spec):
-            if chat_id >= len(plan.chat_vocab) or cp_id >= plan.cp.rows(next(n for n in plan.cp.names() if is_embedding(n))):
+            if chat_id >= len(plan.chat_vocab) or cp_id >= plan.cp.rows(next(n for n in plan.cp.names() if is_embedding(n, plan.cp.config))):
                 raise UsageError(f"--special-tokens {cp_id}={chat_id}: id out of range", fix="Use ids that exist in the CP and chat vocabularies.")
             pairs.append(tk.TokenPair(cp_id, chat_id, plan.chat_vocab[chat_id] or ""))
-    for name in (n for n in plan.cp.names() if is_vocab_tensor(n)):
-        kind = "embed" if is_embedding(name) else "lm_head"
+    for name in (n for n in plan.cp.names() if is_vocab_tensor(n, plan.cp.config)):
+        kind = "embed" if is_embedding(name, plan.cp.config) else "lm_head"
         rows = {}
         for pair in pairs:
             row = source.special_row(kind, pair.chat_id)

@@ -2,21 +2,36 @@
 
 Their rows are tokens, so they are the only tensors whose shapes may differ between a CP model
 with an extended vocabulary and the chat vector, and the only ones ``--embeddings`` and
-``--special-tokens`` act on.
+``--special-tokens`` act on. Which names they are is the converter's architecture table's
+answer (``Architecture.embedding`` / ``.output``, a wrapper's prefix such as Gemma 3's
+``model.language_model.`` included), not a guess from name suffixes; a model of a family the
+tables do not hold gets the tables' default names (``model.embed_tokens.weight``,
+``lm_head.weight``).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 
-def is_embedding(name: str) -> bool:
-    return name.endswith("embed_tokens.weight") or name.endswith("wte.weight")
-
-
-def is_lm_head(name: str) -> bool:
-    return name == "lm_head.weight" or name.endswith(".lm_head.weight")
+from convert.architectures import LLAMA, Architecture, architecture_of
 
 
-def is_vocab_tensor(name: str) -> bool:
-    return is_embedding(name) or is_lm_head(name)
+def _table(config: Mapping[str, Any]) -> Architecture:
+    return architecture_of(config) or LLAMA
+
+
+def is_embedding(name: str, config: Mapping[str, Any]) -> bool:
+    """``name`` is the token embedding of a model with this config.json."""
+    return _table(config).is_embedding(name)
+
+
+def is_lm_head(name: str, config: Mapping[str, Any]) -> bool:
+    """``name`` is the output head (absent in tied models) of a model with this config.json."""
+    return _table(config).is_output(name)
+
+
+def is_vocab_tensor(name: str, config: Mapping[str, Any]) -> bool:
+    return is_embedding(name, config) or is_lm_head(name, config)
 
 
 # Config keys that must agree between every input of a merge.

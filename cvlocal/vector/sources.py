@@ -97,7 +97,7 @@ class DeltaSource:
         """The chat model's ``embed`` or ``lm_head`` row for a token, or None if not available."""
         if self.vector:
             return self.vector.special_rows().get(kind, {}).get(chat_id)
-        names = [n for n in self.chat.names() if (is_embedding(n) if kind == "embed" else is_lm_head(n))]  # type: ignore[union-attr]
+        names = [n for n in self.chat.names() if (is_embedding(n, self.chat.config) if kind == "embed" else is_lm_head(n, self.chat.config))]  # type: ignore[union-attr]
         if not names or chat_id >= self.chat.rows(names[0]):  # type: ignore[union-attr]
             return None
         return self.chat.read_rows(names[0], chat_id, chat_id + 1)[0]  # type: ignore[union-attr]
