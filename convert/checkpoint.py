@@ -9,6 +9,7 @@ and maps the file instead of loading it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import zipfile
@@ -137,10 +138,23 @@ class Checkpoint:
         """Rows along the leading dimension (a scalar counts as one)."""
         return row_count(self.shape(name))
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every tensor in storage order, one at a time."""
+    def tensors(self, piece_bytes: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor in storage order, one at a time.
+
+        With ``piece_bytes``, a tensor larger than that comes as consecutive runs of whole rows
+        under its name (the converter takes a tensor in row pieces), so an 8B model's 1 GB
+        embedding is never held whole: peak memory stays flat as models grow.
+        """
         for name in self.names():
-            yield name, self.read(name)
+            shape = self.shape(name)
+            rows = row_count(shape)
+            row_bytes = (math.prod(shape[1:]) if len(shape) > 1 else 1) * self.dtype(name).itemsize
+            if piece_bytes is None or name not in self.infos or rows <= 1 or rows * row_bytes <= piece_bytes:
+                yield name, self.read(name)
+                continue
+            step = max(1, piece_bytes // max(row_bytes, 1))
+            for start in range(0, rows, step):
+                yield name, self.read_rows(name, start, min(rows, start + step))
 
     def _bin_tensor(self, name: str) -> torch.Tensor:
         path = self.bin_files[name]

@@ -65,6 +65,10 @@ def temporary_beside(near: Path, tag: str) -> Iterator[Path]:
         Path(name).unlink(missing_ok=True)
 
 
+# A tensor larger than this is read and encoded in runs of rows (the converter's memory stays flat).
+READ_PIECE_BYTES = 64 << 20
+
+
 def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterable[tuple[str, torch.Tensor]] | None,
                      ) -> tuple[SourcePlan, Iterator[tuple[str, torch.Tensor]], Checkpoint | None]:
     if (plan is None) != (tensors is None):
@@ -72,7 +76,7 @@ def _stream_and_plan(source_dir: Path, plan: SourcePlan | None, tensors: Iterabl
     if plan is not None:
         return dict(plan), iter(tensors), None  # type: ignore[arg-type]
     ckpt = open_checkpoint(source_dir)
-    return {n: (ckpt.dtype(n), ckpt.shape(n)) for n in ckpt.names()}, ckpt.tensors(), ckpt
+    return {n: (ckpt.dtype(n), ckpt.shape(n)) for n in ckpt.names()}, ckpt.tensors(READ_PIECE_BYTES), ckpt
 
 
 def write_ggufs(

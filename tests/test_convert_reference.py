@@ -85,3 +85,20 @@ def test_our_keys_are_a_superset_of_llama_cpps(kind, pairs):
         missing, differ = _key_comparison(*pairs[kind, outtype])
         assert not missing, f"{kind} {outtype}: llama.cpp writes keys we do not: {missing}"
         assert not differ, f"{kind} {outtype}: keys whose value or type differ from llama.cpp's: {differ}"
+
+
+@pytest.mark.parametrize("outtype", ("f16", "q8_0"))
+def test_tensors_read_in_row_pieces_still_equal_llama_cpp(outtype, pairs, tiny_family, tmp_path, monkeypatch):
+    """An 8B embedding is read and encoded in runs of rows: with a piece size of a few rows every
+    large tensor of the tiny model goes that way (Q/K through the permutation), and the bytes must
+    still be llama.cpp's."""
+    import convert.convert_model as convert_model
+    from convert import write_gguf
+
+    monkeypatch.setattr(convert_model, "READ_PIECE_BYTES", 3000)
+    ours = write_gguf(tiny_family("llama3").chat, tmp_path / f"pieces-{outtype}.gguf", outtype)
+    theirs = {t.name: t for t in gguf.GGUFReader(pairs["llama3", outtype][1]).tensors}
+    mine = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    assert mine.keys() == theirs.keys()
+    for name, t in theirs.items():
+        assert np.asarray(mine[name].data).tobytes() == np.asarray(t.data).tobytes(), name
