@@ -148,8 +148,11 @@ def test_interrupted_sweep_continues_and_agrees_with_the_uninterrupted_one(first
     out = tmp_path / "out"
     ratios = ["--ratios", "0.5,1"]
     cmd = [sys.executable, "-m", "cvlocal", "sweep", *ARGS, *ratios, "--out", str(out), "--quiet"]
+    # Ctrl-C's default action in the child even when this test runs in a background job, whose SIGINT
+    # is ignored and inherited (Python then installs no KeyboardInterrupt handler).
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not _mid_point(out / "cache") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -37,8 +37,11 @@ def sweep_args(family, out: Path) -> list[str]:
 
 
 def without_host(report: dict) -> dict:
-    """sweep.json less what must differ between two runs: timings, and where it ran (out path, executor)."""
-    return {k: v for k, v in report.items() if k not in ("timings", "host")}
+    """sweep.json less what may differ between two runs of one sweep (the report's own rule: timings,
+    where it ran, and what this run wrote and loaded, which the test checks apart)."""
+    from cvlocal.sweep.report import comparable
+
+    return comparable(report)
 
 
 def test_sweep_with_ray_and_no_cluster_is_one_line(tiny_family, tmp_path, capfd):
