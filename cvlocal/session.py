@@ -311,6 +311,14 @@ class ChatSession:
             self.messages.pop()
             raise
 
+    def ask_whole(self, user_text: str) -> Turn:
+        """:meth:`ask` for batch callers (evaluation, the demo, sweeps) that keep replies: Ctrl-C
+        raises KeyboardInterrupt instead of ending the reply early, so a cut reply is never recorded."""
+        turn = self.ask(user_text)
+        if turn.finish_reason == "interrupted":
+            raise KeyboardInterrupt
+        return turn
+
     def regen(self, on_text: Callable[[str], None] | None = None) -> Turn:
         """Replace the last reply with a new one (a different seed, so sampling differs)."""
         if not self.messages or self.messages[-1]["role"] != "assistant":

@@ -85,9 +85,7 @@ def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, thr
         replies = []
         for p in prompts:
             session.reset()
-            turn = session.ask(p.prompt)
-            if turn.finish_reason == "interrupted":  # Ctrl-C: a cut reply is no result (a sweep caches results)
-                raise KeyboardInterrupt
+            turn = session.ask_whole(p.prompt)  # Ctrl-C stops the run: a sweep caches replies
             ended = turn.finish_reason == "stop"
             reply = Reply(turn.text, turn.finish_reason,
                           score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words))

@@ -76,9 +76,7 @@ class LlamaBackend:
                               seed=seed, warn=remember)
         outputs = []
         for message in messages:
-            turn = session.ask(message)
-            if turn.finish_reason == "interrupted":
-                raise KeyboardInterrupt
+            turn = session.ask_whole(message)
             outputs.append(Output(turn.text, turn.finish_reason, turn.completion_tokens))
         return outputs
 

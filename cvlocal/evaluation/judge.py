@@ -97,9 +97,7 @@ class Judge:
 
         session = ChatSession(self.llm, system=system, chat_format=self.chat_format, max_tokens=self.max_tokens,
                               temperature=0.0, seed=0, warn=None)
-        turn = session.ask(prompt)
-        if turn.finish_reason == "interrupted":
-            raise KeyboardInterrupt
+        turn = session.ask_whole(prompt)
         return Judgement(parse_rating(turn.text), turn.text)
 
     def close(self) -> None:
