@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from cvlocal import ui
-from cvlocal.chat.generation import Interrupt, Sampling, context_size, generate_text
+from cvlocal.chat.generation import Interrupt, Sampling, context_size, generate_text, generate_whole
 from cvlocal.chat.template import ChatTemplate, resolve_template, stop_token_ids
 from cvlocal.errors import UsageError
 from cvlocal.llama.model import check_gguf as check_gguf_path  # the one GGUF check, kept under its old name
@@ -313,9 +313,12 @@ class ChatSession:
 
     def ask_whole(self, user_text: str) -> Turn:
         """:meth:`ask` for batch callers (evaluation, the demo, sweeps) that keep replies: Ctrl-C
-        raises KeyboardInterrupt instead of ending the reply early, so a cut reply is never recorded."""
+        raises KeyboardInterrupt instead of ending the reply early, so a cut reply is never recorded.
+
+        A Ctrl-C that lands after the last token but before the reply is handed back (its flag is
+        set, the loop has already finished) stops the run too: the batch job was asked to stop."""
         turn = self.ask(user_text)
-        if turn.finish_reason == "interrupted":
+        if turn.finish_reason == "interrupted" or self.interrupt.requested:
             raise KeyboardInterrupt
         return turn
 
@@ -451,7 +454,7 @@ def complete_text(
     if room < 1:
         raise ContextFullError(f"the prompt needs {len(tokens)} tokens but the context holds {context_size(llm)}",
                                fix="Use a shorter prompt or a larger context")
-    generated = generate_text(
+    generated = generate_whole(
         llm,
         tokens,
         sampling=Sampling(temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repeat_penalty=1.0, seed=seed),
@@ -459,6 +462,4 @@ def complete_text(
         stop_ids=stop_token_ids(llm),
         strip_leading=False,
     )
-    if generated.finish_reason == "interrupted":
-        raise KeyboardInterrupt
     return generated.text, generated.finish_reason

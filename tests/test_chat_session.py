@@ -289,6 +289,30 @@ def test_ctrl_c_ends_the_reply_and_keeps_it(llama3) -> None:
     assert after.finish_reason in ("stop", "length")
 
 
+def test_ctrl_c_after_the_last_token_still_stops_a_batch_caller(llama3) -> None:
+    """A real SIGINT that lands once the reply has taken its end-of-turn token but before it is handed
+    back: the REPL keeps the finished reply, a batch caller (eval, demo, sweep) stops instead of going on."""
+    session = ChatSession(llama3, max_tokens=50, temperature=0.0)
+    words = llama3.tokenize("Hello there".encode(), add_bos=False, special=False)
+    end = min(session.template.stop_ids)
+
+    def reply():
+        try:
+            yield from [*words, end]
+        finally:  # the loop took the end token and closes the generator: still inside the armed reply
+            os.kill(os.getpid(), signal.SIGINT)
+
+    session.llm = Replay(llama3, reply)
+    before = signal.getsignal(signal.SIGINT)
+    turn = session.ask("Hi")
+    assert turn.finish_reason == "stop" and turn.text == "Hello there"
+    assert signal.getsignal(signal.SIGINT) is before
+    session.reset()
+    with pytest.raises(KeyboardInterrupt):
+        session.ask_whole("Hi")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_undo_regen_reset(llama3) -> None:
     session = ChatSession(llama3, system="S", max_tokens=6, temperature=0.9, seed=3)
     session.ask("one")

@@ -129,18 +129,48 @@ def test_second_sweep_with_one_more_ratio_runs_only_that_point(first_sweep, tmp_
 
 
 def _mid_point(cache: Path) -> bool:
-    """A point has answered at least one item and is not finished (its result is not written)."""
+    """A point is finished and another has answered some but not all of its items (no result written).
+
+    Items are counted as the demo suite's cache writes them: one JSON line per answered prompt, in
+    ``eval/<model key>/demo-<max tokens>.jsonl``; a point's result lands in ``points/*.json``.
+    """
     done = set()
     for path in (cache / "points").glob("*.json") if (cache / "points").is_dir() else []:
         try:
             done.add(json.loads(path.read_text())["model_key"])
         except (OSError, ValueError, KeyError):
             return False
-    if not done:
+    if not done:  # the test also wants a finished point before the cut one
         return False
     for folder in (cache / "eval").glob("*") if (cache / "eval").is_dir() else []:
-        if folder.name not in done and any(f.stat().st_size > 0 for f in folder.glob("demo-*.jsonl")):
+        if folder.name in done:
+            continue
+        answered = set()
+        for path in folder.glob("demo-*.jsonl"):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    answered.add(json.loads(line)["key"])
+                except (ValueError, KeyError):
+                    return False
+        if 0 < len(answered) < int(LIMIT):
             return True
+    return False
+
+
+def _freeze_mid_point(proc: subprocess.Popen, cache: Path, deadline: float) -> bool:
+    """Stop the sweep (SIGSTOP) at a moment a point is half-way, checked again once it is frozen.
+
+    A demo item takes a fraction of a second: a point seen half-way may have finished by the time
+    the stop arrives. Then the sweep is let go and watched for the next half-way point.
+    """
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _mid_point(cache):
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.05)  # the stop has taken effect: the files no longer change
+            if _mid_point(cache):
+                return True
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
     return False
 
 
@@ -153,13 +183,9 @@ def test_interrupted_sweep_continues_and_agrees_with_the_uninterrupted_one(first
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    while not _mid_point(out / "cache") and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    # A point takes well under a second on an idle machine: freeze the process where it was seen mid-point, so
-    # the interrupt lands there (SIGINT is pending until SIGCONT, then Python raises KeyboardInterrupt).
-    proc.send_signal(signal.SIGSTOP)
+    frozen = _freeze_mid_point(proc, out / "cache", time.monotonic() + 240)
+    assert frozen, "the sweep ended (or timed out) before it could be stopped half-way through a point"
+    # The interrupt is pending until SIGCONT; then Python raises KeyboardInterrupt inside the half-way point.
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)

@@ -82,6 +82,7 @@ class Interrupt:
 
     @property
     def requested(self) -> bool:
+        """A Ctrl-C came while armed; it stays set after disarming, until the next arming."""
         return self.event.is_set()
 
 
@@ -226,3 +227,14 @@ def generate_text(
         total_s=t_end - t0,
         token_ids=reply_ids,
     )
+
+
+def generate_whole(llm: Any, prompt_tokens: Sequence[int], **settings: Any) -> Generated:
+    """:func:`generate_text` for batch callers that keep what they generate (a continuation, a
+    guard's verdict): a Ctrl-C at any moment of the call raises KeyboardInterrupt, including one
+    that lands after the last token, so a run asked to stop never records another result."""
+    interrupt = Interrupt()
+    generated = generate_text(llm, prompt_tokens, interrupt=interrupt, **settings)
+    if generated.finish_reason == "interrupted" or interrupt.requested:
+        raise KeyboardInterrupt
+    return generated

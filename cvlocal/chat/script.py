@@ -103,8 +103,8 @@ class ScriptHost:
 
     def show_reply(self, produce: Callable[[Callable[[str], None]], Turn]) -> Turn | None:
         turn = produce(lambda text: None) if self.as_json else self._plain.run(produce)
-        if turn.finish_reason == "interrupted":
-            raise KeyboardInterrupt  # in a script, Ctrl-C ends the run, not just the reply
+        if turn.finish_reason == "interrupted" or self.session.interrupt.requested:
+            raise KeyboardInterrupt  # in a script, Ctrl-C ends the run, not just the reply (even after its last token)
         if turn.dropped_turns:
             ui.warn(f"dropped the {turn.dropped_turns} oldest exchange(s) from what the model sees, to fit the context "
                     f"of {self.session.n_ctx} tokens (the transcript keeps them)")

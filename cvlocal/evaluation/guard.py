@@ -149,17 +149,15 @@ class GuardScorer:
 
     def judge(self, text: str, context: str | None = None) -> tuple[float, str]:
         """(unsafe probability, generated verdict text) for one text."""
-        from cvlocal.chat.generation import Sampling, generate_text
+        from cvlocal.chat.generation import Sampling, generate_whole
 
         tokens = self.prompt_tokens(text, context)
         self.llm.reset()
         self.llm.eval(tokens)
         logits = facts.last_logits(self.llm)
         probability = unsafe_probability(logits[self.safe_id], logits[self.unsafe_id])
-        generated = generate_text(self.llm, tokens, sampling=Sampling(temperature=0.0, top_k=1, seed=0),
-                                  max_tokens=VERDICT_MAX_TOKENS, stop_ids=self.stop_ids)
-        if generated.finish_reason == "interrupted":
-            raise KeyboardInterrupt
+        generated = generate_whole(self.llm, tokens, sampling=Sampling(temperature=0.0, top_k=1, seed=0),
+                                   max_tokens=VERDICT_MAX_TOKENS, stop_ids=self.stop_ids)
         return probability, generated.text
 
     def score(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[Score]:
