@@ -62,6 +62,50 @@ def build_gguf(size: str, outtype: str, cache: Path) -> Path:
     return target
 
 
+def build_demo_gguf(outtype: str, cache: Path) -> Path:
+    """The demo's chat model (``assets/demo/chat``) as ``gguf/demo/chat-<outtype>.gguf`` in the cache."""
+    from cvlocal.outputs.gguf import convert_checkpoint
+
+    source = ROOT / "assets" / "demo" / "chat"
+    target = cache / "gguf" / "demo" / f"chat-{outtype}.gguf"
+    stamp = target.with_suffix(".batched.json")
+    marker = json.dumps(sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in source.iterdir() if f.is_file()))
+    if not (target.is_file() and stamp.is_file() and stamp.read_text() == marker):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        convert_checkpoint(source, target, outtype=outtype, force=True)
+        stamp.write_text(marker)
+    return target
+
+
+def bench_demo(path: Path, parallel: int, threads: int | None, repeats: int = 3) -> dict[str, Any]:
+    """The demo's 128 held-out chats (the sweep's ``demo`` suite): ``parallel`` at a time against one
+    at a time, ``repeats`` alternating rounds; chats per minute and the share of identical replies."""
+    from cvlocal.demo.bundle import load_bundle
+    from cvlocal.demo.runner import MAX_TOKENS, chat_with
+
+    bundle = load_bundle()
+    names = (f"parallel {parallel}", "parallel 1")
+    rounds: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        figures = {}
+        for name, n in zip(names, (parallel, 1)):
+            t0 = time.perf_counter()
+            replies = chat_with(path, bundle.prompts, bundle.a_words, threads=threads, max_tokens=MAX_TOKENS, parallel=n)
+            figures[name] = {"seconds": time.perf_counter() - t0, "replies": [r.as_dict() for r in replies]}
+        rounds.append(figures)
+    first = rounds[0]
+    same = sum(a == b for a, b in zip(first[names[0]]["replies"], first[names[1]]["replies"]))
+    n = len(bundle.prompts)
+    rows = {}
+    for name in names:
+        seconds = spread([r[name]["seconds"] for r in rounds])
+        rows[name] = {"seconds": seconds["median"], "runs": [round(r[name]["seconds"], 3) for r in rounds],
+                      "chats_per_minute": round(60 * n / seconds["median"], 1)}
+    return {"gguf": str(path), "chats": n, "repeats": repeats, "rows": rows,
+            "speedup_vs_parallel_1": spread([r[names[1]]["seconds"] / r[names[0]]["seconds"] for r in rounds], 2),
+            "identical": {"same": same, "outputs": n}}
+
+
 def _tokens(records: list[dict[str, Any]]) -> int:
     return sum(int(o.get("completion_tokens", 0)) for r in records for o in r["outputs"])
 
@@ -209,7 +253,15 @@ def start_server(command: list[str], port: int, log: Any = None) -> Any:
             time.sleep(0.3)
 
 
-def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
+def round_question(question: str, number: int) -> str:
+    """The question as round ``number`` asks it: a round mark at the front, so a round never finds
+    its prompts in a server's kept cells from the round before (cvlocal keeps one conversation per
+    slot, llama-cpp-python its last prompt; either would skip most of a repeated prompt), and both
+    servers reuse at most the template's header, as with new users."""
+    return f"({number}) {question}"
+
+
+def _clients(client: Any, model: str, max_tokens: int, number: int = 1) -> dict[str, Any]:
     """8 concurrent streaming clients: aggregate tok/s, time to first token and latency (p50, p95)."""
     import statistics
     import threading
@@ -224,7 +276,8 @@ def _clients(client: Any, model: str, max_tokens: int) -> dict[str, Any]:
             barrier.wait()
             t0 = time.perf_counter()
             first, n, parts = None, 0, []
-            for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+            asked = round_question(question, number)
+            for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": asked}],
                                                          max_tokens=max_tokens, temperature=0.0, stream=True):
                 if chunk.choices and chunk.choices[0].delta.content:
                     first = first or time.perf_counter() - t0
@@ -291,9 +344,9 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
         for name, command, at in ((names[0], mine, p), (names[1], theirs, q)):
             proc, clients[name] = start_server(command, at)
             procs.append(proc)
-        for _ in range(repeats):
+        for number in range(1, repeats + 1):
             for name in names:
-                rounds[name].append(_clients(clients[name], path.stem, max_tokens))
+                rounds[name].append(_clients(clients[name], path.stem, max_tokens, number))
     finally:
         for proc in procs:
             proc.terminate()
@@ -317,8 +370,19 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
               for a, b in zip(rounds[names[0]], rounds[names[1]]) if b["aggregate_chunks_per_second"]]
     first_mine, first_theirs = rounds[names[0]][0]["replies"], rounds[names[1]][0]["replies"]
     same = sum(1 for question, text in first_mine.items() if first_theirs.get(question) == text)
+    same_text = sum(1 for question, text in first_mine.items()
+                    if _without_replacement(first_theirs.get(question)) == _without_replacement(text))
     return {"servers": out, "ratio": spread(ratios, 2) if ratios else None,
-            "identical_replies": {"same": same, "outputs": len(SERVE_QUESTIONS)}, "repeats": repeats}
+            "identical_replies": {"same": same, "outputs": len(SERVE_QUESTIONS)},
+            "identical_apart_from_replacement": {"same": same_text, "outputs": len(SERVE_QUESTIONS)},
+            "first_round_replies": {names[0]: first_mine, names[1]: first_theirs}, "repeats": repeats}
+
+
+def _without_replacement(text: str | None) -> str | None:
+    """The reply without U+FFFD. A token that ends inside a UTF-8 character (a random or
+    undertrained model emits such bytes) is shown as U+FFFD by cvlocal serve, as llama-server's
+    JSON does; llama-cpp-python's server drops those bytes. The tokens are the same either way."""
+    return None if text is None else text.replace("\ufffd", "")
 
 
 def _range(figure: dict[str, float]) -> str:
@@ -332,7 +396,8 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"medians of {result['repeats']} alternating rounds, lowest to highest in brackets)", "",
              "| type | run | seconds (median) | runs (s) | items/min | generated tok/s | identical to parallel 1 |",
              "| --- | --- | ---: | --- | ---: | ---: | --- |"]
-    for outtype, r in result["types"].items():
+    typed = list(result["types"].items()) + ([("demo chat q8_0", result["demo_eval"])] if result.get("demo_eval") else [])
+    for outtype, r in typed:
         g, s = r["identical_greedy"], r["identical_sampled"]
         for name, row in r["rows"].items():
             same = (f"greedy {g['same']}/{g['outputs']}, sampled {s['same']}/{s['outputs']}"
@@ -341,6 +406,14 @@ def to_markdown(result: dict[str, Any]) -> str:
                          f"{row['items_per_minute']} | {_range(row['tokens_per_second'])} | {same} |")
         lines.append(f"| {outtype} | speed-up (median of per-round ratios) | x{_range(r['speedup_vs_parallel_1'])} vs "
                      f"parallel 1 | x{_range(r['speedup_vs_bare'])} vs bare | | | |")
+    if result.get("demo_chats"):
+        d = result["demo_chats"]
+        lines += ["", f"## The demo's {d['chats']} held-out chats (the sweep's demo suite), demo chat model q8_0", "",
+                  "| run | seconds (median) | runs (s) | chats/min |", "| --- | ---: | --- | ---: |"]
+        for name, row in d["rows"].items():
+            lines.append(f"| {name} | {row['seconds']} | {', '.join(map(str, row['runs']))} | {row['chats_per_minute']} |")
+        lines += ["", f"Speed-up x{_range(d['speedup_vs_parallel_1'])}; replies identical to parallel 1: "
+                      f"{d['identical']['same']}/{d['identical']['outputs']}."]
     if result.get("serve"):
         serve = result["serve"]
         lines += ["", f"## Server: {len(SERVE_QUESTIONS)} concurrent streaming clients ({result['serve_type']}, "
@@ -351,9 +424,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {r['wall_seconds']} | {_range(r['aggregate_chunks_per_second'])} | {r['ttft_p50']} | "
                          f"{r['ttft_p95']} | {r['latency_p50']} | {r['latency_p95']} | {r['failed']} |")
         same = serve["identical_replies"]
+        text = serve.get("identical_apart_from_replacement", same)
         ratio = _range(serve["ratio"]) if serve["ratio"] else "n/a"
         lines += ["", f"Aggregate ratio (median of per-round ratios): x{ratio}; greedy replies identical between the "
-                      f"two servers: {same['same']}/{same['outputs']}."]
+                      f"two servers (first round): {same['same']}/{same['outputs']} byte for byte, {text['same']}/"
+                      f"{text['outputs']} apart from U+FFFD (bytes of an unfinished character: cvlocal shows them as "
+                      f"U+FFFD, as llama-server does; llama-cpp-python drops them)."]
     return "\n".join(lines) + "\n"
 
 
@@ -376,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", default=None, metavar="TYPE", help="also the server comparison on this GGUF type")
     p.add_argument("--no-eval", action="store_true", help="only the server comparison")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds per comparison; medians reported (default 3)")
+    p.add_argument("--demo", action="store_true", help="also the demo's chat model (q8_0): the eval items and its held-out chats")
     args = p.parse_args(argv)
     cache = args.cache or synthetic.default_cache()
     suite_items = load_suites(list(SUITES), args.langs.split(","), SUITES_DIR, args.limit)
@@ -389,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         path = build_gguf(args.size, outtype, cache)
         print(f"{outtype}: {len(items)} items on {path}", file=sys.stderr)
         result["types"][outtype] = bench_type(path, items, settings, args.parallel, args.threads, args.repeats)
+    if args.demo:
+        path = build_demo_gguf("q8_0", cache)
+        print(f"demo: {path}", file=sys.stderr)
+        result["demo_eval"] = bench_type(path, items, settings, args.parallel, args.threads, args.repeats)
+        result["demo_chats"] = bench_demo(path, args.parallel, args.threads, args.repeats)
     if args.serve:
         path = build_gguf(args.size, args.serve, cache)
         print(f"server: {path}", file=sys.stderr)

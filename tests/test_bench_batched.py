@@ -48,19 +48,25 @@ def test_server_rounds_alternate_after_both_are_loaded(monkeypatch):
 
     rates = {"ours": iter([300.0, 100.0, 280.0]), "theirs": iter([100.0, 100.0, 140.0])}
 
-    def fake_clients(client, model, max_tokens):
+    def fake_clients(client, model, max_tokens, number):
         events.append(client)
+        numbers.append(number)
         rate = next(rates[client])
         return {"wall_seconds": 512 / rate, "aggregate_chunks_per_second": rate, "ttft_p50": 0.1, "ttft_p95": 0.2,
                 "latency_p50": 1.0, "latency_p95": 2.0, "failed": 0, "ttft_max": 0.3, "latency_min": 0.5,
-                "replies": {q: ("a" if client == "ours" and i == 0 else "b") for i, q in enumerate(batched.SERVE_QUESTIONS)}}
+                "replies": {q: ("a" if client == "ours" and i == 0 else "b\ufffd" if client == "ours" and i == 1 else "b")
+                            for i, q in enumerate(batched.SERVE_QUESTIONS)}}
 
     monkeypatch.setattr(batched, "start_server", fake_start)
+    numbers: list[int] = []
     monkeypatch.setattr(batched, "_clients", fake_clients)
     out = batched.bench_serve(Path("m.gguf"), 8, 1, 2048, 64, repeats=3)
     assert events == ["start ours", "start theirs", "ours", "theirs", "ours", "theirs", "ours", "theirs", "stop", "stop"]
+    assert numbers == [1, 1, 2, 2, 3, 3]  # each round asks its own questions, the same on both servers
     assert out["ratio"] == {"median": 2.0, "min": 1.0, "max": 3.0}  # 3, 1, 2: one loaded round does not decide it
     mine = out["servers"]["cvlocal serve --parallel 8"]
     assert mine["aggregate_chunks_per_second"] == {"median": 280.0, "min": 100.0, "max": 300.0}
     assert mine["failed"] == 0 and mine["waits"] == 0 and mine["rounds"] == 3
-    assert out["identical_replies"] == {"same": len(batched.SERVE_QUESTIONS) - 1, "outputs": len(batched.SERVE_QUESTIONS)}
+    n = len(batched.SERVE_QUESTIONS)
+    assert out["identical_replies"] == {"same": n - 2, "outputs": n}
+    assert out["identical_apart_from_replacement"] == {"same": n - 1, "outputs": n}  # "b\ufffd" is "b" with a cut character

@@ -35,19 +35,21 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 class LoadCounter:
-    """Counts llama-cpp-python model constructions: the independent measure of 'a model was loaded'."""
+    """Counts llama.cpp model loads (``llama_model_load_from_file``, which a ``llama_cpp.Llama`` and
+    the batched engine's model both go through): the independent measure of 'a model was loaded'."""
 
     def __init__(self, monkeypatch) -> None:
-        import llama_cpp
+        from llama_cpp import _internals
 
         self.paths: list[str] = []
-        original = llama_cpp.Llama.__init__
+        native = _internals.llama_cpp
+        original = native.llama_model_load_from_file
 
-        def counting(llm, *args, **kwargs):
-            self.paths.append(str(kwargs.get("model_path") or args[0]))
-            return original(llm, *args, **kwargs)
+        def counting(path, params):
+            self.paths.append(path.decode() if isinstance(path, bytes) else str(path))
+            return original(path, params)
 
-        monkeypatch.setattr(llama_cpp.Llama, "__init__", counting)
+        monkeypatch.setattr(native, "llama_model_load_from_file", counting)
 
 
 @pytest.fixture(scope="module")

@@ -72,23 +72,38 @@ def build_models(bundle: DemoBundle, folder: Path, *, threads: int | None, quiet
     return paths
 
 
+DEMO_CTX = 512  # tokens per chat: a held-out prompt and its reply are far shorter
+
+
 def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, threads: int | None,
-              max_tokens: int, on_reply: Callable[[Prompt, Reply], None] | None = None) -> list[Reply]:
-    """One fresh single-turn greedy chat per prompt, scored (``gguf`` may be ``CP.gguf+ADAPTER.gguf@RATIO``)."""
+              max_tokens: int, on_reply: Callable[[Prompt, Reply], None] | None = None,
+              parallel: int | None = 1, n_gpu_layers: int = 0) -> list[Reply]:
+    """One fresh single-turn greedy chat per prompt, scored (``gguf`` may be ``CP.gguf+ADAPTER.gguf@RATIO``).
+
+    ``parallel`` chats are decoded together on the batched engine (None: as many as memory allows,
+    up to 8; 1: one at a time on a ``Llama``). ``on_reply`` is called in this thread, in the order
+    replies finish; the list comes back in the prompts' order.
+    """
     from cvlocal.llama.adapters import parse_model_spec
-    from cvlocal.session import ChatSession, load_llama
 
     model, adapters = parse_model_spec(gguf)
-    llm = load_llama(model, ctx=512, threads=threads, seed=0, adapters=adapters)
+    if parallel != 1:
+        from cvlocal.evaluation.parallel import choose_parallel
+        from cvlocal.llama.model import Model
+
+        native = Model(model, n_gpu_layers=n_gpu_layers, adapters=adapters)
+        n_seq = parallel or choose_parallel(native.kv_bytes_per_token(), DEMO_CTX, model_bytes=native.weight_bytes())
+        if n_seq > 1:
+            return _chat_batched(native, n_seq, gguf.name, prompts, a_words, threads=threads, max_tokens=max_tokens,
+                                 on_reply=on_reply)
+        native.close()
+    from cvlocal.session import load_llama
+
+    llm = load_llama(model, ctx=DEMO_CTX, threads=threads, n_gpu_layers=n_gpu_layers, seed=0, adapters=adapters)
     try:
-        session = ChatSession(llm, max_tokens=max_tokens, temperature=0.0, warn=None, model_name=gguf.name)
         replies = []
         for p in prompts:
-            session.reset()
-            turn = session.ask_whole(p.prompt)  # Ctrl-C stops the run: a sweep caches replies
-            ended = turn.finish_reason == "stop"
-            reply = Reply(turn.text, turn.finish_reason,
-                          score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words))
+            reply = _chat_once(llm, gguf.name, p, a_words, max_tokens)
             replies.append(reply)
             if on_reply is not None:
                 on_reply(p, reply)
@@ -97,6 +112,58 @@ def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, thr
         close = getattr(llm, "close", None)
         if close is not None:
             close()
+
+
+def _chat_once(llm: Any, name: str, p: Prompt, a_words: frozenset[str], max_tokens: int) -> Reply:
+    """A fresh conversation of one prompt, scored; Ctrl-C stops the run (a sweep caches replies)."""
+    from cvlocal.session import ChatSession
+
+    session = ChatSession(llm, max_tokens=max_tokens, temperature=0.0, warn=None, model_name=name)
+    turn = session.ask_whole(p.prompt)
+    ended = turn.finish_reason == "stop"
+    return Reply(turn.text, turn.finish_reason, score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words))
+
+
+def _chat_batched(native: Any, n_seq: int, name: str, prompts: list[Prompt], a_words: frozenset[str], *,
+                  threads: int | None, max_tokens: int,
+                  on_reply: Callable[[Prompt, Reply], None] | None) -> list[Reply]:
+    """:func:`chat_with` with ``n_seq`` chats at a time: each in a worker thread on one shared
+    batched decoder, the replies the one-at-a-time path gives at q8_0 and float types."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    from cvlocal.llama.shared import SharedLlama
+
+    try:
+        llm = SharedLlama(native, n_seq=n_seq, n_ctx=DEMO_CTX, threads=threads)
+    except BaseException:
+        native.close()
+        raise
+    replies: list[Reply | None] = [None] * len(prompts)
+    queue = list(enumerate(prompts))
+    try:
+        with ThreadPoolExecutor(max_workers=n_seq, thread_name_prefix="cvlocal-demo") as pool:
+            running: dict[Future[Reply], int] = {}
+            try:
+                while queue or running:
+                    while queue and len(running) < n_seq:
+                        index, p = queue.pop(0)
+                        running[pool.submit(_chat_once, llm, name, p, a_words, max_tokens)] = index
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index = running.pop(future)
+                        replies[index] = reply = future.result()
+                        if on_reply is not None:
+                            on_reply(prompts[index], reply)
+            except BaseException:
+                queue.clear()
+                for future in running:
+                    future.cancel()
+                llm.close()  # the chats still running get DecoderClosed and end
+                raise
+    finally:
+        llm.close()
+        native.close()
+    return [r for r in replies if r is not None]
 
 
 def evaluate(paths: dict[str, Path], bundle: DemoBundle, *, threads: int | None, max_tokens: int,

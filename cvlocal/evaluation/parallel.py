@@ -22,6 +22,11 @@ from cvlocal.evaluation.suites import Item
 
 MAX_PARALLEL = 8
 KV_SHARE_OF_MEMORY = 0.25  # at most this share of the available memory goes to the KV cache
+# Below this a step's arithmetic is so small that the batched loop's own per-token work (a thread
+# per sequence, a sampler chain each, the hand-over between them) outweighs reading the weights
+# once for all. Measured with `benchmarks/batched.py` on 2 cores at q8_0, eval --parallel 8 against
+# --parallel 1: 0.57x on the demo's 1.3 MB model, 1.1x at 19 MB, 1.6x at 50 MB, 2.2x at 1.2 GB.
+BATCH_MIN_MODEL_BYTES = 16 << 20
 RecordHook = Callable[[Item, dict[str, Any]], None]
 
 
@@ -40,8 +45,12 @@ def available_memory() -> int:
         return 4 << 30
 
 
-def choose_parallel(kv_bytes_per_token: int, ctx: int, memory: int | None = None) -> int:
-    """Sequences whose KV cache (``ctx`` tokens each) fits a quarter of the free memory, 1 to 8."""
+def choose_parallel(kv_bytes_per_token: int, ctx: int, memory: int | None = None,
+                    model_bytes: int | None = None) -> int:
+    """Sequences whose KV cache (``ctx`` tokens each) fits a quarter of the free memory, 1 to 8;
+    1 for a model under :data:`BATCH_MIN_MODEL_BYTES`, which decodes faster one sequence at a time."""
+    if model_bytes is not None and model_bytes < BATCH_MIN_MODEL_BYTES:
+        return 1
     memory = available_memory() if memory is None else memory
     per_sequence = max(kv_bytes_per_token * ctx, 1)
     return max(1, min(MAX_PARALLEL, int(memory * KV_SHARE_OF_MEMORY) // per_sequence))
@@ -109,7 +118,7 @@ def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | N
 
     model_path, adapters = parse_model_spec(path)
     model = Model(model_path, n_gpu_layers=n_gpu_layers, adapters=adapters)
-    n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx)
+    n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx, model_bytes=model.weight_bytes())
     if n_seq == 1:
         model.close()
         return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)

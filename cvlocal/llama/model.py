@@ -111,6 +111,12 @@ class Model:
     def n_ctx_train(self) -> int:
         return int(self.native.n_ctx_train())
 
+    def weight_bytes(self) -> int:
+        """Bytes of the model's tensors (llama.cpp's ``llama_model_size``)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_model_size(self.pointer))
+
     def kv_bytes_per_token(self) -> int:
         """Bytes of f16 K and V cache one token takes (all layers): what a context of N tokens costs."""
         import llama_cpp

@@ -81,7 +81,7 @@ def _demo(task: PointTask, model: str) -> tuple[dict[str, Any], int, int]:
                 cache.append({"key": keys[id(p)], "item_hash": _prompt_hash(p, max_tokens), **reply.as_dict()})
 
             chat_with(Path(model), pending, bundle.a_words, threads=task.threads, max_tokens=max_tokens,
-                      on_reply=keep)
+                      on_reply=keep, parallel=task.parallel, n_gpu_layers=task.n_gpu_layers)
         rows = [cache.get(keys[id(p)]) for p in prompts]
     finally:
         cache.close()
