@@ -62,6 +62,19 @@ def build_gguf(size: str, outtype: str, cache: Path) -> Path:
     return target
 
 
+def same_threads(threads: int | None) -> int:
+    """One explicit thread count for every tool in a comparison: ``threads``, else every CPU.
+
+    Left to themselves the tools differ: llama-cpp-python (and cvlocal's one-at-a-time path, which
+    copies it) decode a single sequence with half the CPUs, while a batch of several sequences
+    runs on ``n_threads_batch`` (all of them), and llama-server picks its own count. A
+    comparison with defaults would measure thread counts, not batching.
+    """
+    import multiprocessing
+
+    return threads or multiprocessing.cpu_count()
+
+
 def build_demo_gguf(outtype: str, cache: Path) -> Path:
     """The demo's chat model (``assets/demo/chat``) as ``gguf/demo/chat-<outtype>.gguf`` in the cache."""
     from cvlocal.outputs.gguf import convert_checkpoint
@@ -246,7 +259,7 @@ def start_server(command: list[str], port: int, log: Any = None) -> Any:
         try:
             client.models.list()
             return proc, client
-        except openai.APIConnectionError:
+        except (openai.APIConnectionError, openai.InternalServerError):  # not listening yet; llama-server: 503 while loading
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"server did not start: {' '.join(command)}") from None
@@ -309,8 +322,11 @@ def _clients(client: Any, model: str, max_tokens: int, number: int = 1) -> dict[
             "ttft_median_all": round(statistics.median(ttft), 3) if ttft else None, "replies": replies}
 
 
+LLAMA_SERVER = "llama-server (upper reference)"
+
+
 def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_tokens: int,
-                repeats: int = 3) -> dict[str, Any]:
+                repeats: int = 3, reference: Path | None = None) -> dict[str, Any]:
     """``cvlocal serve --parallel N`` against llama-cpp-python's server (interrupt_requests off), same GGUF.
 
     Both servers are started (and loaded) first; then ``repeats`` rounds of 8 concurrent clients
@@ -320,6 +336,10 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
     failed requests over all rounds, the worst round's latest first token against its earliest
     finish; the ratio is the median of the per-round ratios; the identical-reply share compares
     the two servers' greedy replies to the same questions (first round).
+
+    ``reference``: llama.cpp's own ``llama-server`` binary, a third server in every round (``-np N``
+    slots of ``ctx`` tokens each, one KV stream per slot and flash attention off, as cvlocal's), the
+    upper reference: C++ all the way, so the share of its rate cvlocal reaches is what Python costs.
     """
     import socket
 
@@ -328,20 +348,28 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    thread_args = ["--threads", str(threads)] if threads else []
+    threads = same_threads(threads)
+    thread_args = ["--threads", str(threads)]
     p = port()
     mine = [sys.executable, "-m", "cvlocal", "serve", str(path), "--port", str(p), "--ctx", str(ctx), "--parallel",
             str(parallel), "--quiet", *thread_args]
     q = port()
     theirs = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--port", str(q), "--n_ctx", str(ctx),
               "--interrupt_requests", "False", "--model_alias", path.stem]
-    if threads:
-        theirs += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
-    names = (f"cvlocal serve --parallel {parallel}", "llama-cpp-python server")
+    theirs += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    names: tuple[str, ...] = (f"cvlocal serve --parallel {parallel}", "llama-cpp-python server")
+    servers = [(names[0], mine, p), (names[1], theirs, q)]
+    if reference is not None:
+        r = port()
+        upper = [str(reference), "-m", str(path), "--host", "127.0.0.1", "--port", str(r), "-c", str(ctx * parallel),
+                 "-np", str(parallel), "-fa", "off", "--no-kv-unified", "--no-webui", "-a", path.stem]
+        upper += ["-t", str(threads), "-tb", str(threads)]
+        names += (LLAMA_SERVER,)
+        servers.append((LLAMA_SERVER, upper, r))
     procs, clients = [], {}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     try:
-        for name, command, at in ((names[0], mine, p), (names[1], theirs, q)):
+        for name, command, at in servers:
             proc, clients[name] = start_server(command, at)
             procs.append(proc)
         for number in range(1, repeats + 1):
@@ -372,7 +400,12 @@ def bench_serve(path: Path, parallel: int, threads: int | None, ctx: int, max_to
     same = sum(1 for question, text in first_mine.items() if first_theirs.get(question) == text)
     same_text = sum(1 for question, text in first_mine.items()
                     if _without_replacement(first_theirs.get(question)) == _without_replacement(text))
-    return {"servers": out, "ratio": spread(ratios, 2) if ratios else None,
+    upper = {}
+    if reference is not None:
+        shares = [a["aggregate_chunks_per_second"] / b["aggregate_chunks_per_second"]
+                  for a, b in zip(rounds[names[0]], rounds[LLAMA_SERVER]) if b["aggregate_chunks_per_second"]]
+        upper = {"share_of_llama_server": spread(shares, 2) if shares else None}
+    return {"servers": out, "ratio": spread(ratios, 2) if ratios else None, **upper,
             "identical_replies": {"same": same, "outputs": len(SERVE_QUESTIONS)},
             "identical_apart_from_replacement": {"same": same_text, "outputs": len(SERVE_QUESTIONS)},
             "first_round_replies": {names[0]: first_mine, names[1]: first_theirs}, "repeats": repeats}
@@ -426,6 +459,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         same = serve["identical_replies"]
         text = serve.get("identical_apart_from_replacement", same)
         ratio = _range(serve["ratio"]) if serve["ratio"] else "n/a"
+        if serve.get("share_of_llama_server"):
+            lines += ["", f"cvlocal's aggregate rate as a share of llama-server's (median of per-round shares): "
+                          f"x{_range(serve['share_of_llama_server'])}."]
         lines += ["", f"Aggregate ratio (median of per-round ratios): x{ratio}; greedy replies identical between the "
                       f"two servers (first round): {same['same']}/{same['outputs']} byte for byte, {text['same']}/"
                       f"{text['outputs']} apart from U+FFFD (bytes of an unfinished character: cvlocal shows them as "
@@ -451,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--serve", default=None, metavar="TYPE", help="also the server comparison on this GGUF type")
     p.add_argument("--no-eval", action="store_true", help="only the server comparison")
+    p.add_argument("--llama-server", action="store_true",
+                   help="also llama.cpp's llama-server in the server comparison (built once by llama_tools.py)")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds per comparison; medians reported (default 3)")
     p.add_argument("--demo", action="store_true", help="also the demo's chat model (q8_0): the eval items and its held-out chats")
     args = p.parse_args(argv)
+    args.threads = same_threads(args.threads)
     cache = args.cache or synthetic.default_cache()
     suite_items = load_suites(list(SUITES), args.langs.split(","), SUITES_DIR, args.limit)
     items = [i for s in SUITES for i in suite_items[s]]
@@ -475,8 +514,13 @@ def main(argv: list[str] | None = None) -> int:
         path = build_gguf(args.size, args.serve, cache)
         print(f"server: {path}", file=sys.stderr)
         result["serve_type"] = args.serve
+        reference = None
+        if args.llama_server:
+            from benchmarks import llama_tools
+
+            reference = llama_tools.build(targets=(llama_tools.SERVER,))[llama_tools.SERVER]
         result["serve"] = bench_serve(path, args.parallel, args.threads, args.ctx, args.max_tokens or 64,
-                                      args.repeats)
+                                      args.repeats, reference)
     out = args.out or cache / "results" / args.size
     out.mkdir(parents=True, exist_ok=True)
     (out / "batched.json").write_text(json.dumps(result, indent=2) + "\n")

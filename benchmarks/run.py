@@ -666,8 +666,15 @@ class Bench:
                        "(`--parallel` unset) decodes models under 16 MB one at a time.")
         serve_type = BATCHED_TYPES[0]
         self.log(f"batched: serve --parallel {n} against llama-cpp-python's server at {serve_type}, {repeats} rounds each")
+        from benchmarks import llama_tools
+
+        try:
+            reference: Path | None = llama_tools.build(targets=(llama_tools.SERVER,))[llama_tools.SERVER]
+        except llama_tools.BuildFailed as err:
+            reference = None
+            s.notes.append(f"llama-server (the upper reference) is not in this run: {err}")
         served = batched.bench_serve(batched.build_gguf(self.size, serve_type, self.cache), n, self.threads, 2048, tokens,
-                                     repeats)
+                                     repeats, reference)
         same = served["identical_replies"]
         for name, r in served["servers"].items():
             row = Row(f"{serve_type}: {name}", seconds=r["wall_seconds"], runs=[{"seconds": x} for x in r["runs"]])
@@ -678,6 +685,10 @@ class Bench:
                 row.metrics["identical"] = (f"{same['same']}/{same['outputs']} to llama-cpp-python's server "
                                             f"({text['same']}/{text['outputs']} apart from U+FFFD)")
             s.rows.append(row)
+        if served.get("share_of_llama_server"):
+            s.notes.append(f"cvlocal serve --parallel {n} reaches {batched._range(served['share_of_llama_server'])} of "
+                           "llama-server's aggregate rate (llama.cpp's C++ server built from the same sources, "
+                           f"-np {n} slots, flash attention off; median of the per-round shares).")
         mine = served["servers"][f"cvlocal serve --parallel {n}"]
         ratio = served["ratio"]
         s.targets.append(Target(f"cvlocal serve --parallel {n}: aggregate throughput at least 2x llama-cpp-python's server "

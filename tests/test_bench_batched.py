@@ -70,3 +70,40 @@ def test_server_rounds_alternate_after_both_are_loaded(monkeypatch):
     n = len(batched.SERVE_QUESTIONS)
     assert out["identical_replies"] == {"same": n - 2, "outputs": n}
     assert out["identical_apart_from_replacement"] == {"same": n - 1, "outputs": n}  # "b\ufffd" is "b" with a cut character
+
+
+def test_llama_server_joins_every_round_with_our_own_server_settings(monkeypatch):
+    commands: dict[str, list[str]] = {}
+    order: list[str] = []
+
+    class Proc:
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            return 0
+
+    def fake_start(command, port, log=None):
+        name = "ours" if "cvlocal" in command else "upper" if command[0].endswith("llama-server") else "theirs"
+        commands[name] = command
+        return Proc(), name
+
+    rates = {"ours": 200.0, "theirs": 100.0, "upper": 400.0}
+
+    def fake_clients(client, model, max_tokens, number):
+        order.append(client)
+        return {"wall_seconds": 1.0, "aggregate_chunks_per_second": rates[client], "ttft_p50": 0.1, "ttft_p95": 0.2,
+                "latency_p50": 1.0, "latency_p95": 2.0, "failed": 0, "ttft_max": 0.3, "latency_min": 0.5,
+                "replies": {q: "x" for q in batched.SERVE_QUESTIONS}}
+
+    monkeypatch.setattr(batched, "start_server", fake_start)
+    monkeypatch.setattr(batched, "_clients", fake_clients)
+    out = batched.bench_serve(Path("m.gguf"), 8, 2, 2048, 64, repeats=2, reference=Path("/x/llama-server"))
+    assert order == ["ours", "theirs", "upper"] * 2
+    upper = commands["upper"]
+    # 8 slots of 2048 tokens, one KV stream each, flash attention off: the settings cvlocal's decoder uses
+    assert upper[upper.index("-c") + 1] == "16384" and upper[upper.index("-np") + 1] == "8"
+    assert upper[upper.index("-fa") + 1] == "off" and "--no-kv-unified" in upper
+    assert upper[upper.index("--host") + 1] == "127.0.0.1"
+    assert out["ratio"]["median"] == 2.0 and out["share_of_llama_server"]["median"] == 0.5
+    assert batched.LLAMA_SERVER in out["servers"]
