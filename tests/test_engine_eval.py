@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from cvlocal.evaluation.generate import GenerationSettings
-from cvlocal.evaluation.parallel import choose_parallel
+from cvlocal.evaluation.parallel import batching_pays, choose_parallel
 from cvlocal.evaluation.runner import EvalRequest, run_evaluation
 
 SUITES = ["toxicity", "safety", "instructions", "dialogue"]
@@ -82,5 +82,6 @@ def test_default_parallel_is_one_for_a_model_that_batching_slows_down(tmp_path):
         # llama.cpp's own count: the tensor data of the file, well under the file (its header holds the vocabulary)
         assert 0 < size < path.stat().st_size
         assert choose_parallel(model.kv_bytes_per_token(), 512, memory=1 << 40, model_bytes=size) == 1
+        assert not batching_pays(path)  # decided from the file before loading, so the model is loaded once
     finally:
         model.close()

@@ -86,9 +86,10 @@ def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, thr
     """
     from cvlocal.llama.adapters import parse_model_spec
 
+    from cvlocal.evaluation.parallel import batching_pays, choose_parallel
+
     model, adapters = parse_model_spec(gguf)
-    if parallel != 1:
-        from cvlocal.evaluation.parallel import choose_parallel
+    if parallel != 1 and (parallel is not None or batching_pays(model)):
         from cvlocal.llama.model import Model
 
         native = Model(model, n_gpu_layers=n_gpu_layers, adapters=adapters)

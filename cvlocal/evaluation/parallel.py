@@ -56,6 +56,15 @@ def choose_parallel(kv_bytes_per_token: int, ctx: int, memory: int | None = None
     return max(1, min(MAX_PARALLEL, int(memory * KV_SHARE_OF_MEMORY) // per_sequence))
 
 
+def batching_pays(model_path: Path) -> bool:
+    """False for a GGUF under :data:`BATCH_MIN_MODEL_BYTES` (its file size: known before loading,
+    so the default picks one path and loads the model once)."""
+    try:
+        return Path(model_path).stat().st_size >= BATCH_MIN_MODEL_BYTES
+    except OSError:
+        return True  # the loader reports the missing file
+
+
 class ParallelBackend(LlamaBackend):
     """The evaluation backend over a shared batched decoder; :meth:`generate_items` runs many items."""
 
@@ -104,19 +113,20 @@ class ParallelBackend(LlamaBackend):
 
 def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | None, n_gpu_layers: int,
                  chat_format: str | None) -> LlamaBackend:
-    """``parallel`` sequences (None: as many as memory allows, up to 8); 1 is the one-at-a-time backend.
+    """``parallel`` sequences (None: as many as memory allows, up to 8, and one at a time for a GGUF
+    under 16 MB); 1 is the one-at-a-time backend.
 
     A model spec with LoRA adapters (``CP.gguf+ADAPTER.gguf@R``) is batched too: the decoder's
     context carries the adapters at the spec's ratios, as the one-at-a-time ``Llama`` does.
     """
     from cvlocal.llama.adapters import parse_model_spec
 
-    if parallel == 1:
+    model_path, adapters = parse_model_spec(path)
+    if parallel == 1 or (parallel is None and not batching_pays(model_path)):
         return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)
     from cvlocal.llama.model import Model
     from cvlocal.llama.shared import SharedLlama
 
-    model_path, adapters = parse_model_spec(path)
     model = Model(model_path, n_gpu_layers=n_gpu_layers, adapters=adapters)
     n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx, model_bytes=model.weight_bytes())
     if n_seq == 1:
