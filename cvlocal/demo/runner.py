@@ -84,20 +84,13 @@ def chat_with(gguf: Path, prompts: list[Prompt], a_words: frozenset[str], *, thr
     up to 8; 1: one at a time on a ``Llama``). ``on_reply`` is called in this thread, in the order
     replies finish; the list comes back in the prompts' order.
     """
+    from cvlocal.evaluation.parallel import open_shared
     from cvlocal.llama.adapters import parse_model_spec
 
-    from cvlocal.evaluation.parallel import batching_pays, choose_parallel
-
     model, adapters = parse_model_spec(gguf)
-    if parallel != 1 and (parallel is not None or batching_pays(model)):
-        from cvlocal.llama.model import Model
-
-        native = Model(model, n_gpu_layers=n_gpu_layers, adapters=adapters)
-        n_seq = parallel or choose_parallel(native.kv_bytes_per_token(), DEMO_CTX, model_bytes=native.weight_bytes())
-        if n_seq > 1:
-            return _chat_batched(native, n_seq, gguf.name, prompts, a_words, threads=threads, max_tokens=max_tokens,
-                                 on_reply=on_reply)
-        native.close()
+    shared = open_shared(model, adapters, parallel=parallel, ctx=DEMO_CTX, threads=threads, n_gpu_layers=n_gpu_layers)
+    if shared is not None:
+        return _chat_batched(shared, gguf.name, prompts, a_words, max_tokens=max_tokens, on_reply=on_reply)
     from cvlocal.session import load_llama
 
     llm = load_llama(model, ctx=DEMO_CTX, threads=threads, n_gpu_layers=n_gpu_layers, seed=0, adapters=adapters)
@@ -125,45 +118,25 @@ def _chat_once(llm: Any, name: str, p: Prompt, a_words: frozenset[str], max_toke
     return Reply(turn.text, turn.finish_reason, score_reply(turn.text, ended, p.gold, (p.value, p.value_a), a_words))
 
 
-def _chat_batched(native: Any, n_seq: int, name: str, prompts: list[Prompt], a_words: frozenset[str], *,
-                  threads: int | None, max_tokens: int,
+def _chat_batched(llm: Any, name: str, prompts: list[Prompt], a_words: frozenset[str], *, max_tokens: int,
                   on_reply: Callable[[Prompt, Reply], None] | None) -> list[Reply]:
-    """:func:`chat_with` with ``n_seq`` chats at a time: each in a worker thread on one shared
-    batched decoder, the replies the one-at-a-time path gives at q8_0 and float types."""
-    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+    """:func:`chat_with` on a shared batched decoder (closed here, with its model): each chat in a
+    worker thread, the replies the one-at-a-time path gives at q8_0 and float types."""
+    from cvlocal.evaluation.parallel import run_on_shared
 
-    from cvlocal.llama.shared import SharedLlama
-
-    try:
-        llm = SharedLlama(native, n_seq=n_seq, n_ctx=DEMO_CTX, threads=threads)
-    except BaseException:
-        native.close()
-        raise
     replies: list[Reply | None] = [None] * len(prompts)
-    queue = list(enumerate(prompts))
+
+    def done(index: int, reply: Reply) -> None:
+        replies[index] = reply
+        if on_reply is not None:
+            on_reply(prompts[index], reply)
+
     try:
-        with ThreadPoolExecutor(max_workers=n_seq, thread_name_prefix="cvlocal-demo") as pool:
-            running: dict[Future[Reply], int] = {}
-            try:
-                while queue or running:
-                    while queue and len(running) < n_seq:
-                        index, p = queue.pop(0)
-                        running[pool.submit(_chat_once, llm, name, p, a_words, max_tokens)] = index
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        index = running.pop(future)
-                        replies[index] = reply = future.result()
-                        if on_reply is not None:
-                            on_reply(prompts[index], reply)
-            except BaseException:
-                queue.clear()
-                for future in running:
-                    future.cancel()
-                llm.close()  # the chats still running get DecoderClosed and end
-                raise
+        run_on_shared(llm, llm.decoder.n_seq, range(len(prompts)),
+                      lambda index: _chat_once(llm, name, prompts[index], a_words, max_tokens), done, name="cvlocal-demo")
     finally:
         llm.close()
-        native.close()
+        llm.model.close()
     return [r for r in replies if r is not None]
 
 

@@ -14,7 +14,7 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from cvlocal.evaluation.backend import LlamaBackend
 from cvlocal.evaluation.generate import GenerationSettings, generate_item
@@ -65,6 +65,57 @@ def batching_pays(model_path: Path) -> bool:
         return True  # the loader reports the missing file
 
 
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def run_on_shared(llm: Any, n_seq: int, jobs: Sequence[Job], work: Callable[[Job], Result],
+                  on_done: Callable[[Job, Result], None], *, name: str) -> None:
+    """``work(job)`` for every job on ``n_seq`` worker threads feeding one shared decoder ``llm``
+    (:class:`cvlocal.llama.shared.SharedLlama`); ``on_done`` gets each result in this thread, in
+    the order they finish. On any exception (Ctrl-C too) the queue is dropped and ``llm`` is closed,
+    so the workers still generating get DecoderClosed and end, and the exception goes on."""
+    queue = list(jobs)
+    with ThreadPoolExecutor(max_workers=n_seq, thread_name_prefix=name) as pool:
+        running: dict[Future[Result], Job] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < n_seq:
+                    job = queue.pop(0)
+                    running[pool.submit(work, job)] = job
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    on_done(running.pop(future), future.result())
+        except BaseException:
+            queue.clear()
+            for future in running:
+                future.cancel()
+            llm.close()
+            raise
+
+
+def open_shared(model_path: Path, adapters: Sequence[Any], *, parallel: int | None, ctx: int, threads: int | None,
+                n_gpu_layers: int) -> Any:
+    """A :class:`cvlocal.llama.shared.SharedLlama` of ``parallel`` sequences of ``ctx`` tokens, or
+    None where one at a time is the path: ``parallel`` 1, or unset and a GGUF under 16 MB, or unset
+    and memory for one sequence only. The caller closes it and then ``.model``."""
+    if parallel == 1 or (parallel is None and not batching_pays(model_path)):
+        return None
+    from cvlocal.llama.model import Model
+    from cvlocal.llama.shared import SharedLlama
+
+    model = Model(model_path, n_gpu_layers=n_gpu_layers, adapters=adapters)
+    try:
+        n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx, model_bytes=model.weight_bytes())
+        if n_seq == 1:
+            model.close()
+            return None
+        return SharedLlama(model, n_seq=n_seq, n_ctx=ctx, threads=threads)
+    except BaseException:
+        model.close()
+        raise
+
+
 class ParallelBackend(LlamaBackend):
     """The evaluation backend over a shared batched decoder; :meth:`generate_items` runs many items."""
 
@@ -80,29 +131,17 @@ class ParallelBackend(LlamaBackend):
     def generate_items(self, items: Sequence[Item], settings: GenerationSettings, on_record: RecordHook) -> None:
         """Generate ``items`` ``n_seq`` at a time; ``on_record`` gets each record in this thread."""
         last = time.perf_counter()
-        queue = list(items)
-        with ThreadPoolExecutor(max_workers=self.n_seq, thread_name_prefix="cvlocal-eval") as pool:
-            running: dict[Future[dict[str, Any]], Item] = {}
-            try:
-                while queue or running:
-                    while queue and len(running) < self.n_seq:
-                        item = queue.pop(0)
-                        running[pool.submit(generate_item, self, item, settings)] = item
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        item = running.pop(future)
-                        record = future.result()
-                        now = time.perf_counter()
-                        record["latency_seconds"] = record["seconds"]
-                        record["seconds"] = round(now - last, 4)
-                        last = now
-                        on_record(item, record)
-            except BaseException:
-                queue.clear()
-                for future in running:
-                    future.cancel()
-                self.llm.close()  # workers still generating get DecoderClosed and end
-                raise
+
+        def done(item: Item, record: dict[str, Any]) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            record["latency_seconds"] = record["seconds"]
+            record["seconds"] = round(now - last, 4)
+            last = now
+            on_record(item, record)
+
+        run_on_shared(self.llm, self.n_seq, items, lambda item: generate_item(self, item, settings), done,
+                      name="cvlocal-eval")
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
@@ -122,19 +161,7 @@ def open_backend(path: Path, *, parallel: int | None, ctx: int, threads: int | N
     from cvlocal.llama.adapters import parse_model_spec
 
     model_path, adapters = parse_model_spec(path)
-    if parallel == 1 or (parallel is None and not batching_pays(model_path)):
+    llm = open_shared(model_path, adapters, parallel=parallel, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers)
+    if llm is None:
         return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)
-    from cvlocal.llama.model import Model
-    from cvlocal.llama.shared import SharedLlama
-
-    model = Model(model_path, n_gpu_layers=n_gpu_layers, adapters=adapters)
-    n_seq = parallel or choose_parallel(model.kv_bytes_per_token(), ctx, model_bytes=model.weight_bytes())
-    if n_seq == 1:
-        model.close()
-        return LlamaBackend(path, ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers, chat_format=chat_format)
-    try:
-        llm = SharedLlama(model, n_seq=n_seq, n_ctx=ctx, threads=threads)
-    except BaseException:
-        model.close()
-        raise
-    return ParallelBackend(llm, chat_format=chat_format, n_seq=n_seq, path=path)
+    return ParallelBackend(llm, chat_format=chat_format, n_seq=llm.decoder.n_seq, path=path)
