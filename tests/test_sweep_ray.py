@@ -119,24 +119,28 @@ class Square:
     cp: str | None = None
 
 
+OTHERS = 3  # tasks 1, 2 and 3
+
+
 def square(task: Square) -> dict:
-    """Task 0 finishes only once the driver has been handed another task's result (or 60 s pass)."""
+    """Task 0 finishes only once the driver has been handed every other task's result (or 60 s pass)."""
     waited = None
     if task.x == 0:
-        flag, start = Path(task.cache_dir) / "another-result-arrived", time.monotonic()
-        while not flag.exists() and time.monotonic() - start < 60:
+        arrived = lambda: len(list(Path(task.cache_dir).glob("result-arrived-*")))  # noqa: E731
+        start = time.monotonic()
+        while arrived() < OTHERS and time.monotonic() - start < 60:
             time.sleep(0.05)
-        waited = flag.exists()
+        waited = arrived() == OTHERS
     return {"x": task.x, "y": task.x * task.x, "pid": os.getpid(), "threads": task.threads, "waited": waited}
 
 
 def test_executor_runs_each_task_as_a_ray_task(local_ray, tmp_path):
-    tasks = [Square(i, cache_dir=str(tmp_path / "cache"), cp=str(tmp_path)) for i in range(4)]
+    tasks = [Square(i, cache_dir=str(tmp_path / "cache"), cp=str(tmp_path)) for i in range(OTHERS + 1)]
     got: list[tuple[Square, dict]] = []
 
     def on_result(task: Square, result: dict) -> None:
         got.append((task, result))
-        (tmp_path / "cache" / "another-result-arrived").touch()
+        (tmp_path / "cache" / f"result-arrived-{task.x}").touch()
 
     RayExecutor(threads=1, function=square).run(tasks, on_result)
     assert sorted(r["y"] for _, r in got) == [0, 1, 4, 9]
